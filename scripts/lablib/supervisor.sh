@@ -1,0 +1,24 @@
+#!/bin/bash
+# Supervisor of one lab host: joins the host's own cgroups (so that several hosts never
+# share one), then runs systemd-nspawn, and boots the host again when it reboots from
+# inside (nspawn exits 133). Started and stopped by scripts/lab only.
+# Usage: supervisor.sh NODE_DIR CGROUP_DIRS(colon-separated, may be empty) NSPAWN_COMMAND...
+set -u
+node_dir=$1
+cgroup_dirs=$2
+shift 2
+IFS=: read -ra cgroups <<<"$cgroup_dirs"
+for cgroup in "${cgroups[@]}"; do
+  echo "$BASHPID" >"$cgroup/cgroup.procs" || exit 90
+done
+while :; do
+  "$@" </dev/null &
+  echo "$!" >"$node_dir/nspawn.pid"
+  wait "$!"
+  rc=$?
+  echo "supervisor: systemd-nspawn exited with $rc"
+  if [ "$rc" -ne 133 ] || [ -e "$node_dir/stopping" ]; then
+    break
+  fi
+done
+exit "$rc"

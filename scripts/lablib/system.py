@@ -1,0 +1,366 @@
+"""Side effects of the lab: preflight checks, network, cgroups, overlays, node processes.
+
+Processes are only ever signalled by the PIDs the lab recorded, after checking that the
+PID still runs our command line for that node (a PID can be reused after a crash).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lablib.core import (
+    CGROUP_GROUP,
+    NO_GPU_PROFILE,
+    LabError,
+    LabSpec,
+    Node,
+    check_free_space,
+    iptables_rules,
+    network_unit,
+    nspawn_command,
+    rules_to_delete,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+STANDINS = REPO / "tests" / "standins"
+SUPERVISOR = Path(__file__).resolve().with_name("supervisor.sh")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SSH_OPTIONS = [
+    "-o", "BatchMode=yes",
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR",
+    "-o", "ConnectTimeout=3",
+]
+
+
+def run(command: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise LabError(
+            f"{' '.join(command[:3])} failed with exit code {result.returncode}: "
+            f"{detail[-1] if detail else 'no output'}"
+        )
+    return result
+
+
+# --- preflight: nothing on the machine changes before these pass -------------------------
+
+
+def preflight(lab_home: Path, minimum_free_mib: int, need_image_tools: bool) -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            "scripts/lab must run as root (it mounts overlays, creates a bridge and NAT rules, "
+            "and boots containers); fix: run it with sudo or as root"
+        )
+    tools = {
+        "systemd-nspawn": "systemd-container",
+        "iptables": "iptables",
+        "ip": "iproute2",
+        "ssh": "openssh-client",
+        "ssh-keygen": "openssh-client",
+    }
+    if need_image_tools:
+        tools["debootstrap"] = "debootstrap"
+    missing = sorted({package for tool, package in tools.items() if shutil.which(tool) is None})
+    if missing:
+        absent = [tool for tool in tools if shutil.which(tool) is None]
+        raise LabError(
+            f"{', '.join(absent)} not found on PATH; the lab needs them; fix: scripts/lab deps "
+            f"(apt-get install {' '.join(missing)})"
+        )
+    if not cgroup_bases():
+        raise LabError(
+            f"no writable cgroup hierarchy under {CGROUP_ROOT}; the lab needs one to give each host "
+            "its own cgroup; fix: run on a Linux host with cgroups mounted"
+        )
+    existing = lab_home
+    while not existing.exists():
+        existing = existing.parent
+    stats = os.statvfs(existing)
+    check_free_space(lab_home, stats.f_bavail * stats.f_frsize // 2**20, minimum_free_mib)
+
+
+def systemd_is_pid1() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+def cgroup_bases() -> list[Path]:
+    """Hierarchies in which each node gets a cgroup of its own (hybrid or unified host)."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return [CGROUP_ROOT]
+    return [
+        CGROUP_ROOT / sub
+        for sub in ("systemd", "unified")
+        if (CGROUP_ROOT / sub / "cgroup.procs").exists()
+    ]
+
+
+def node_cgroups(node: str) -> list[Path]:
+    return [base / CGROUP_GROUP / node for base in cgroup_bases()]
+
+
+# --- ssh key ---------------------------------------------------------------------------------
+
+
+def ensure_key(lab_home: Path) -> Path:
+    key = lab_home / "keys" / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llm-lab", "-f", str(key)])
+    return key
+
+
+# --- network ---------------------------------------------------------------------------------
+
+
+def link_exists(name: str) -> bool:
+    return run(["ip", "link", "show", "dev", name], check=False).returncode == 0
+
+
+def subnet_in_use_elsewhere(spec: LabSpec) -> str | None:
+    """The interface that already holds an address in the lab's subnet, if it is not ours."""
+    for line in run(["ip", "-o", "-4", "addr", "show"]).stdout.splitlines():
+        fields = line.split()
+        interface, address = fields[1], fields[3].split("/")[0]
+        if interface != spec.bridge and _in_subnet(address, spec):
+            return interface
+    return None
+
+
+def _in_subnet(address: str, spec: LabSpec) -> bool:
+    import ipaddress
+
+    return ipaddress.IPv4Address(address) in spec.network
+
+
+def network_up(spec: LabSpec) -> None:
+    if not link_exists(spec.bridge):
+        run(["ip", "link", "add", spec.bridge, "type", "bridge"])
+    run(["ip", "addr", "replace", f"{spec.gateway}/{spec.network.prefixlen}", "dev", spec.bridge])
+    run(["ip", "link", "set", spec.bridge, "up"])
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    for table, rule in iptables_rules(spec):
+        if run(["iptables", "-t", table, "-C", *rule], check=False).returncode != 0:
+            run(["iptables", "-t", table, "-A", *rule])
+
+
+def network_down(spec: LabSpec) -> None:
+    for table in ("nat", "filter"):
+        listing = run(["iptables", "-t", table, "-S"]).stdout.splitlines()
+        for deletion in rules_to_delete(listing, spec.comment):
+            run(["iptables", "-t", table, *deletion], check=False)
+    if link_exists(spec.bridge):
+        run(["ip", "link", "del", spec.bridge])
+
+
+def leftover_rules(spec: LabSpec) -> list[str]:
+    found = []
+    for table in ("nat", "filter"):
+        listing = run(["iptables", "-t", table, "-S"]).stdout.splitlines()
+        found += [line for line in listing if spec.comment in line]
+    return found
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+class NodePaths:
+    def __init__(self, state_dir: Path, node: str):
+        self.dir = state_dir / "nodes" / node
+        self.root = self.dir / "root"
+        self.upper = self.dir / "upper"
+        self.work = self.dir / "work"
+        self.network_file = self.dir / "host0.network"
+        self.console = self.dir / "console.log"
+        self.supervisor_pid = self.dir / "supervisor.pid"
+        self.nspawn_pid = self.dir / "nspawn.pid"
+        self.stopping = self.dir / "stopping"
+
+
+def _pid_runs(pid_file: Path, needle: str) -> int | None:
+    """The PID in pid_file if that process is alive and its command line contains needle."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, ValueError):
+        return None
+    return pid if needle in cmdline else None
+
+
+def nspawn_pid(paths: NodePaths, node: str) -> int | None:
+    return _pid_runs(paths.nspawn_pid, f"--machine={node} ")
+
+
+def supervisor_pid(paths: NodePaths) -> int | None:
+    return _pid_runs(paths.supervisor_pid, f"{SUPERVISOR} {paths.dir} ")
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return any(line.split()[4] == target for line in mountinfo)
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path) + "/"
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return [line.split()[4] for line in mountinfo if line.split()[4].startswith(prefix)]
+
+
+def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Path) -> None:
+    paths = NodePaths(state_dir, node.name)
+    for directory in (paths.root, paths.upper, paths.work):
+        directory.mkdir(parents=True, exist_ok=True)
+    paths.stopping.unlink(missing_ok=True)
+    paths.console.write_text("")
+    paths.network_file.write_text(network_unit(node.address, spec.network.prefixlen, spec.gateway))
+    if not is_mounted(paths.root):
+        run(
+            [
+                "mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={image},upperdir={paths.upper},workdir={paths.work}",
+                str(paths.root),
+            ]
+        )
+    set_gpu_profile(paths, node.gpu_profile)
+    keep_unit = not systemd_is_pid1()
+    cgroups = node_cgroups(node.name) if keep_unit else []
+    for cgroup in cgroups:
+        cgroup.mkdir(parents=True, exist_ok=True)
+    command = nspawn_command(
+        node, paths.root, spec.bridge, paths.network_file, key.with_suffix(".pub"), STANDINS, keep_unit
+    )
+    env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+    with open(paths.console, "ab") as console:
+        supervisor = subprocess.Popen(
+            [str(SUPERVISOR), str(paths.dir), ":".join(map(str, cgroups)), *command],
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=console,
+            start_new_session=True,
+            env=env,
+        )
+    paths.supervisor_pid.write_text(f"{supervisor.pid}\n")
+
+
+def set_gpu_profile(paths: NodePaths, profile: str) -> None:
+    """Give a node the fake nvidia-smi of a profile, or none at all; works on a running node."""
+    binary = paths.root / "usr/bin/nvidia-smi"
+    (paths.root / "etc/lab-gpu-profile").write_text(f"{profile}\n")
+    if profile == NO_GPU_PROFILE:
+        binary.unlink(missing_ok=True)
+    elif not binary.is_symlink():
+        binary.unlink(missing_ok=True)
+        binary.symlink_to("/opt/lab-standins/nvidia_smi/nvidia-smi")
+
+
+def ssh(node: Node, key: Path, command: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ssh", *SSH_OPTIONS, "-i", str(key), f"root@{node.address}", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_node(state_dir: Path, node: Node, key: Path, timeout: float) -> None:
+    """Wait until the node's sshd answers and systemd reports `running`."""
+    paths = NodePaths(state_dir, node.name)
+    deadline = time.monotonic() + timeout
+    state = "not reachable over ssh"
+    while time.monotonic() < deadline:
+        if supervisor_pid(paths) is None:
+            state = "its systemd-nspawn exited"
+            break
+        try:
+            result = ssh(node, key, "systemctl is-system-running --wait", timeout=deadline - time.monotonic())
+        except subprocess.TimeoutExpired:
+            break
+        if result.returncode == 255:
+            time.sleep(0.3)
+            continue
+        state = result.stdout.strip()
+        if state == "running":
+            return
+        failed = ssh(node, key, "systemctl --failed --no-legend --plain | cut -d' ' -f1").stdout.split()
+        state = f"systemd is {state!r} (failed units: {', '.join(failed) or 'none'})"
+        break
+    tail = " | ".join(paths.console.read_text(errors="replace").strip().splitlines()[-3:])
+    raise LabError(
+        f"host {node.name} ({node.address}) did not come up: {state}; console: {tail or 'empty'}; "
+        "fix: see the console log in the lab's state directory, then scripts/lab down && scripts/lab up"
+    )
+
+
+def stop_node(state_dir: Path, node_name: str, timeout: float = 30) -> None:
+    """Power the node off cleanly, then remove every trace of it (processes, cgroups, mount, files)."""
+    paths = NodePaths(state_dir, node_name)
+    if paths.dir.exists():
+        paths.stopping.write_text("")
+    pid = nspawn_pid(paths, node_name)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (
+        nspawn_pid(paths, node_name) or supervisor_pid(paths) or _cgroup_pids(node_name)
+    ):
+        time.sleep(0.1)
+    for leftover in (nspawn_pid(paths, node_name), supervisor_pid(paths), *_cgroup_pids(node_name)):
+        if leftover:
+            os.kill(leftover, signal.SIGKILL)
+    _wait_gone(node_name)
+    for cgroup in node_cgroups(node_name):
+        _remove_cgroup(cgroup)
+    for parent in {cgroup.parent for cgroup in node_cgroups(node_name)}:
+        if parent.exists() and not any(child.is_dir() for child in parent.iterdir()):
+            parent.rmdir()
+    if is_mounted(paths.root):
+        run(["umount", str(paths.root)])
+    if paths.dir.exists():
+        shutil.rmtree(paths.dir)
+
+
+def _cgroup_pids(node_name: str) -> list[int]:
+    pids: list[int] = []
+    for cgroup in node_cgroups(node_name):
+        if cgroup.exists():
+            for procs in cgroup.rglob("cgroup.procs"):
+                pids += [int(pid) for pid in procs.read_text().split()]
+    return pids
+
+
+def _wait_gone(node_name: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while _cgroup_pids(node_name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _remove_cgroup(cgroup: Path) -> None:
+    if not cgroup.exists():
+        return
+    for child in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        child.rmdir()
+    cgroup.rmdir()
+
+
+def node_running(state_dir: Path, node_name: str) -> bool:
+    paths = NodePaths(state_dir, node_name)
+    return nspawn_pid(paths, node_name) is not None and is_mounted(paths.root)
+
+
+def in_parallel(function, items, workers: int = 8) -> None:
+    """Run function on every item at once; raise the first LabError after all have finished."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [pool.submit(function, item) for item in items]
+    errors = [future.exception() for future in results if future.exception()]
+    if errors:
+        raise errors[0]

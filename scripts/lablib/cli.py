@@ -142,8 +142,7 @@ def say(message: str) -> None:
 
 
 def cmd_deps(lab: Lab, args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise LabError("scripts/lab deps installs packages with apt-get and must run as root; fix: sudo scripts/lab deps")
+    system.require_root("deps")
     missing = [
         package
         for package in HOST_PACKAGES
@@ -153,13 +152,16 @@ def cmd_deps(lab: Lab, args: argparse.Namespace) -> int:
         say(f"installing {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         system.run(["apt-get", "-qq", "update"])
-        result = subprocess.run(["apt-get", "-qq", "install", "-y", *missing], capture_output=True, text=True, env=env, check=False)
+        result = subprocess.run(
+            ["apt-get", "-qq", "install", "-y", *missing], capture_output=True, text=True, env=env, check=False
+        )
         if result.returncode != 0:
             raise LabError(f"apt-get install {' '.join(missing)} failed: {result.stderr.strip().splitlines()[-1:]}")
     return 0
 
 
 def cmd_image(lab: Lab, args: argparse.Namespace) -> int:
+    system.require_root("image")
     path = lab_image.image_path(lab.home)
     system.preflight(lab.home, _min_free(), need_image_tools=not path.exists())
     with lab.locked():
@@ -170,6 +172,7 @@ def cmd_image(lab: Lab, args: argparse.Namespace) -> int:
 def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
     started = time.monotonic()
     nodes = plan_nodes(lab.name, lab.subnet, args.count, args.gpu, known_profiles())
+    system.require_root("up")
     image_dir = lab_image.image_path(lab.home)
     system.preflight(lab.home, _min_free(), need_image_tools=not image_dir.exists())
     spec = LabSpec(name=lab.name, subnet=lab.subnet, nodes=nodes)
@@ -212,8 +215,7 @@ def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def cmd_down(lab: Lab, args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise LabError("scripts/lab down must run as root (it unmounts and stops containers); fix: run it with sudo")
+    system.require_root("down")
     spec = lab.load() or LabSpec(name=lab.name, subnet=lab.subnet)
     with lab.locked():
         system.in_parallel(lambda name: system.stop_node(lab.state_dir, name), lab.node_dirs())
@@ -236,7 +238,9 @@ def cmd_status(lab: Lab, args: argparse.Namespace) -> int:
         systemd_state = "-"
         if running:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                systemd_state = system.ssh(node, lab.key, "systemctl is-system-running", timeout=10).stdout.strip() or "unreachable"
+                systemd_state = (
+                    system.ssh(node, lab.key, "systemctl is-system-running", timeout=10).stdout.strip() or "unreachable"
+                )
         rows.append(
             {
                 "host": node.name,
@@ -254,7 +258,7 @@ def cmd_status(lab: Lab, args: argparse.Namespace) -> int:
     else:
         columns = ["host", "address", "gpu_profile", "container", "systemd"]
         widths = {col: max(len(col), *(len(row[col]) for row in rows)) for col in columns}
-        for row in [dict(zip(columns, columns)), *rows]:
+        for row in [{col: col for col in columns}, *rows]:
             print("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
     return 0 if healthy else 3
 
@@ -270,8 +274,7 @@ def cmd_inventory(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def cmd_gpu(lab: Lab, args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise LabError("scripts/lab gpu writes into a host's file system and must run as root; fix: run it with sudo")
+    system.require_root("gpu")
     spec = lab.load()
     names = [node.name for node in spec.nodes] if spec else []
     if args.host not in names or not system.node_running(lab.state_dir, args.host):
@@ -282,8 +285,7 @@ def cmd_gpu(lab: Lab, args: argparse.Namespace) -> int:
     with lab.locked():
         system.set_gpu_profile(system.NodePaths(lab.state_dir, args.host), args.profile)
         spec.nodes = [
-            type(node)(node.name, node.address, args.profile) if node.name == args.host else node
-            for node in spec.nodes
+            type(node)(node.name, node.address, args.profile) if node.name == args.host else node for node in spec.nodes
         ]
         lab.save(spec)
         lab.write_inventory(spec)

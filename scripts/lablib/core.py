@@ -132,15 +132,11 @@ def node_address(subnet: str, index: int) -> str:
 
 def validate_count(count: int) -> int:
     if not 1 <= count <= MAX_HOSTS:
-        raise LabError(
-            f"host count {count} is out of range; expected 1 to {MAX_HOSTS}; fix: scripts/lab up 3"
-        )
+        raise LabError(f"host count {count} is out of range; expected 1 to {MAX_HOSTS}; fix: scripts/lab up 3")
     return count
 
 
-def plan_nodes(
-    lab: str, subnet: str, count: int, gpu_args: list[str], known_profiles: list[str]
-) -> list[Node]:
+def plan_nodes(lab: str, subnet: str, count: int, gpu_args: list[str], known_profiles: list[str]) -> list[Node]:
     """The nodes of `up COUNT`, each with the GPU profile the arguments give it.
 
     `--gpu PROFILE` applies to every host; `--gpu HOST=PROFILE` to one host and wins.
@@ -218,8 +214,7 @@ def iptables_rules(spec: LabSpec) -> list[tuple[str, list[str]]]:
         ("filter", ["FORWARD", "-i", spec.bridge, "-j", "ACCEPT", *tag]),
         (
             "filter",
-            ["FORWARD", "-o", spec.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
-             "-j", "ACCEPT", *tag],
+            ["FORWARD", "-o", spec.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT", *tag],
         ),
     ]
 
@@ -266,8 +261,8 @@ def render_inventory(spec: LabSpec, private_key: Path) -> str:
 
 def apt_mirror(sources_text: str) -> str | None:
     """The first Debian mirror in a deb822 `.sources` file or a one-line `sources.list`."""
-    for line in sources_text.splitlines():
-        line = line.strip()
+    for raw in sources_text.splitlines():
+        line = raw.strip()
         if line.startswith("URIs:"):
             return line.split()[1]
         if line.startswith("deb "):

@@ -7,6 +7,7 @@ PID still runs our command line for that node (a PID can be reused after a crash
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import os
 import shutil
 import signal
@@ -32,11 +33,16 @@ STANDINS = REPO / "tests" / "standins"
 SUPERVISOR = Path(__file__).resolve().with_name("supervisor.sh")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SSH_OPTIONS = [
-    "-o", "BatchMode=yes",
-    "-o", "StrictHostKeyChecking=no",
-    "-o", "UserKnownHostsFile=/dev/null",
-    "-o", "LogLevel=ERROR",
-    "-o", "ConnectTimeout=3",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "ConnectTimeout=3",
 ]
 
 
@@ -54,12 +60,16 @@ def run(command: list[str], check: bool = True) -> subprocess.CompletedProcess:
 # --- preflight: nothing on the machine changes before these pass -------------------------
 
 
-def preflight(lab_home: Path, minimum_free_mib: int, need_image_tools: bool) -> None:
+def require_root(command: str) -> None:
     if os.geteuid() != 0:
         raise LabError(
-            "scripts/lab must run as root (it mounts overlays, creates a bridge and NAT rules, "
-            "and boots containers); fix: run it with sudo or as root"
+            f"scripts/lab {command} must run as root (the lab mounts overlays, creates a bridge and "
+            "NAT rules, and boots containers); fix: run it with sudo or as root"
         )
+
+
+def preflight(lab_home: Path, minimum_free_mib: int, need_image_tools: bool) -> None:
+    """Checks before `up` or `image` change anything (the caller checked root already)."""
     tools = {
         "systemd-nspawn": "systemd-container",
         "iptables": "iptables",
@@ -96,11 +106,7 @@ def cgroup_bases() -> list[Path]:
     """Hierarchies in which each node gets a cgroup of its own (hybrid or unified host)."""
     if (CGROUP_ROOT / "cgroup.controllers").exists():
         return [CGROUP_ROOT]
-    return [
-        CGROUP_ROOT / sub
-        for sub in ("systemd", "unified")
-        if (CGROUP_ROOT / sub / "cgroup.procs").exists()
-    ]
+    return [CGROUP_ROOT / sub for sub in ("systemd", "unified") if (CGROUP_ROOT / sub / "cgroup.procs").exists()]
 
 
 def node_cgroups(node: str) -> list[Path]:
@@ -136,8 +142,6 @@ def subnet_in_use_elsewhere(spec: LabSpec) -> str | None:
 
 
 def _in_subnet(address: str, spec: LabSpec) -> bool:
-    import ipaddress
-
     return ipaddress.IPv4Address(address) in spec.network
 
 
@@ -225,7 +229,11 @@ def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Pat
     if not is_mounted(paths.root):
         run(
             [
-                "mount", "-t", "overlay", "overlay", "-o",
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
                 f"lowerdir={image},upperdir={paths.upper},workdir={paths.work}",
                 str(paths.root),
             ]

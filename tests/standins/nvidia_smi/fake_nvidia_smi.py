@@ -146,11 +146,20 @@ def default_table(profile: dict, gpus: list[dict], apps: list[dict]) -> str:
     for gpu in gpus:
         power = f"35W / {gpu['power_limit_w']:>4}W"
         used, total = gpu["memory_used_mib"], gpu["memory_total_mib"]
-        lines.append(row(f"{gpu['index']:>4}  {gpu['name']:<{name_width}}On   "[:left],
-                         f"{'' if narrow else '  '} {gpu['bus_id']} Off ", "0 ".rjust(right)))
-        lines.append(row(f" N/A   34C    P0{power:>{left - 17}} ",
-                         f"{used:>{7 if narrow else 8}}MiB / {total:>{5 if narrow else 6}}MiB ",
-                         f"{'0%':>8}      Default "))
+        lines.append(
+            row(
+                f"{gpu['index']:>4}  {gpu['name']:<{name_width}}On   "[:left],
+                f"{'' if narrow else '  '} {gpu['bus_id']} Off ",
+                "0 ".rjust(right),
+            )
+        )
+        lines.append(
+            row(
+                f" N/A   34C    P0{power:>{left - 17}} ",
+                f"{used:>{7 if narrow else 8}}MiB / {total:>{5 if narrow else 6}}MiB ",
+                f"{'0%':>8}      Default ",
+            )
+        )
         lines.append(row("", "", "N/A ".rjust(right)))
         lines.append(f"+{'-' * left}+{'-' * mid}+{'-' * right}+")
     lines += ["", border, full(" Processes:")]
@@ -179,8 +188,12 @@ def query_report(profile: dict, gpus: list[dict]) -> str:
         lines.append(f"    {'GPU UUID':<38}: {gpu['uuid']}")
         lines.append(f"    {'Minor Number':<38}: {gpu['index']}")
         lines.append("    FB Memory Usage")
-        for label, key in (("Total", "memory_total_mib"), ("Reserved", "memory_reserved_mib"),
-                           ("Used", "memory_used_mib"), ("Free", "memory_free_mib")):
+        for label, key in (
+            ("Total", "memory_total_mib"),
+            ("Reserved", "memory_reserved_mib"),
+            ("Used", "memory_used_mib"),
+            ("Free", "memory_free_mib"),
+        ):
             lines.append(f"        {label:<34}: {gpu[key]} MiB")
     return "\n".join(lines) + "\n\n"
 

@@ -1,0 +1,60 @@
+# Entry points: `make lab` (the main job on lab hosts) and `make test` (everything CI runs).
+SHELL := /bin/bash
+.SHELLFLAGS := -o errexit -o nounset -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The lab's hosts and their simulated GPU profiles (scripts/lab --help lists the profiles).
+LAB_HOSTS ?= 3
+LAB_GPUS ?= --gpu lab1=1x-L4-24GB --gpu lab2=2x-A10G-24GB --gpu lab3=none
+
+.PHONY: help deps venv lab lab-down lint unit integration test constraints
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps: ## Install the host packages the lab and the venv need (apt, as root)
+	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -qq install -y python3-venv; }
+	scripts/lab deps
+
+venv: $(VENV)/.installed ## Create the pinned controller toolchain in .venv
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	touch $@
+
+lab: deps venv ## Boot lab hosts, converge them with playbooks/site.yml, verify them, print a summary
+	scripts/lab up $(LAB_HOSTS) $(LAB_GPUS)
+	ansible-playbook -i inventory/lab playbooks/site.yml
+	pytest tests/verify --hosts='ansible://llm_servers' --ansible-inventory=inventory/lab -p no:cacheprovider
+	scripts/lab status
+	@echo "lab is up; converge again: ansible-playbook playbooks/site.yml; tear down: make lab-down"
+
+lab-down: ## Stop the lab hosts and remove everything the lab left on this machine
+	scripts/lab down
+
+lint: venv ## yamllint, ruff, ansible-lint (production profile) and a syntax check
+	yamllint --strict .
+	ruff check .
+	ruff format --check .
+	ansible-lint --offline
+	ansible-playbook playbooks/site.yml --syntax-check
+
+unit: venv ## Unit tests (no lab needed)
+	pytest tests/unit
+
+integration: deps venv ## Integration tests: real playbooks on lab hosts
+	pytest tests/integration
+
+test: deps venv lint ## Everything CI runs: lint, unit and integration tests
+	pytest tests/unit tests/integration
+
+constraints: ## Re-pin every package of the venv after changing requirements.txt
+	rm -rf $(VENV) && python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	{ echo '# Every package of the controller venv at an exact version (make constraints rewrites it).'; \
+	  $(VENV)/bin/pip freeze --exclude-editable; } > constraints.txt
+	touch $(VENV)/.installed

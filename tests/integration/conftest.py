@@ -1,0 +1,178 @@
+"""Integration tests run the real playbooks against lab hosts (scripts/lab).
+
+The lab needs root and systemd-nspawn. Elsewhere these tests are skipped, except in CI
+(CI=true) or with LAB_REQUIRED=1, where a lab that cannot start is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_SCRIPT = REPO / "scripts" / "lab"
+LAB_HOME = Path(os.environ.get("LAB_HOME", "/var/cache/llm-lab"))
+REQUIRED = os.environ.get("CI") == "true" or os.environ.get("LAB_REQUIRED") == "1"
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+: ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.M,
+)
+# testinfra and the playbooks use the Ansible of the interpreter running the tests, with our config.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+os.environ["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+# The session lab: one host per kind of GPU situation the roles must handle.
+SESSION_LAB = "itest"
+SESSION_PROFILES = {"itest1": "1x-L4-24GB", "itest2": "driver-470", "itest3": "none"}
+
+
+def lab_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root"
+    if shutil.which("systemd-nspawn") is None:
+        return "systemd-nspawn is not installed (scripts/lab deps)"
+    return None
+
+
+def require_lab() -> None:
+    reason = lab_unavailable_reason()
+    if reason and REQUIRED:
+        pytest.fail(f"lab hosts cannot start here: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def lab(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run scripts/lab for the named lab."""
+    result = subprocess.run(
+        [sys.executable, str(LAB_SCRIPT), "--name", name, *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, LAB_HOME=str(LAB_HOME)),
+        check=False,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"scripts/lab --name {name} {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def processes_matching(*needles: str) -> list[tuple[int, str]]:
+    """(PID, command line) of every process whose command line contains one of the needles."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # the process ended while we looked
+            continue
+        if any(needle in cmdline for needle in needles):
+            found.append((int(proc.name), cmdline))
+    return found
+
+
+def leftovers(name: str) -> list[str]:
+    """Everything a lab could leave on the machine: mounts, processes, cgroups, bridge, NAT rules."""
+    found = []
+    state = str(LAB_HOME / "labs" / name)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        found += [f"mount {line.split()[4]}" for line in mountinfo if state in line]
+    found += [f"process {pid}: {cmdline[:80]}" for pid, cmdline in processes_matching(f"--machine={name}", state)]
+    found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"*/llm-lab/{name}[0-9]*")]
+    found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"llm-lab/{name}[0-9]*")]
+    bridge = f"llmlab-{name}"[:15]
+    if subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode == 0:
+        found.append(f"bridge {bridge}")
+    for table in ("nat", "filter"):
+        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True, check=True)
+        found += [f"rule {rule}" for rule in rules.stdout.splitlines() if f"llm-lab:{name}" in rule]
+    return found
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+
+    @property
+    def recap(self) -> dict[str, dict[str, int]]:
+        return {
+            match["host"]: {key: int(match[key]) for key in ("ok", "changed", "unreachable", "failed")}
+            for match in RECAP.finditer(self.output)
+        }
+
+
+@dataclass
+class Lab:
+    name: str
+    inventory: Path
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(SESSION_PROFILES)
+
+    def playbook(self, *args: str, playbook: str = "playbooks/site.yml") -> PlaybookRun:
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(self.inventory), playbook, *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
+            check=False,
+        )
+        return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+    def host(self, name: str):
+        return testinfra.get_host(f"ansible://{name}", ansible_inventory=str(self.inventory))
+
+    def verify(self) -> subprocess.CompletedProcess:
+        """Run the host verifiers (tests/verify) against every lab host, as `make lab` does."""
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                str(REPO / "tests" / "verify"),
+                "-p",
+                "no:cacheprovider",
+                "-rA",
+                "--hosts=ansible://llm_servers",
+                f"--ansible-inventory={self.inventory}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def session_lab():
+    """Three fresh lab hosts for the whole run; always torn down, and checked to leave nothing."""
+    require_lab()
+    lab(SESSION_LAB, "down")
+    gpu_args = [arg for host, profile in SESSION_PROFILES.items() for arg in ("--gpu", f"{host}={profile}")]
+    try:
+        lab(SESSION_LAB, "up", str(len(SESSION_PROFILES)), *gpu_args)
+        status = json.loads(lab(SESSION_LAB, "status", "--json").stdout)
+        assert status["healthy"], status
+        inventory = Path(lab(SESSION_LAB, "inventory").stdout.strip()).parent
+        yield Lab(SESSION_LAB, inventory)
+    finally:
+        lab(SESSION_LAB, "down")
+    assert leftovers(SESSION_LAB) == []
+
+
+@pytest.fixture(scope="session")
+def converged(session_lab):
+    """site.yml run twice on the session lab: the first run converges, the second must change nothing."""
+    first = session_lab.playbook()
+    second = session_lab.playbook()
+    return first, second

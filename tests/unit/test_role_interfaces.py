@@ -1,0 +1,44 @@
+"""Every role documents its interface: defaults/main.yml and meta/argument_specs.yml agree."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES = sorted(path.parent.parent for path in (REPO / "roles").glob("*/defaults/main.yml"))
+
+
+def role_ids():
+    return [role.name for role in ROLES]
+
+
+@pytest.mark.parametrize("role", ROLES, ids=role_ids())
+def test_argument_spec_lists_every_default_with_the_same_value(role):
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+    spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+    assert sorted(options) == sorted(defaults)
+    for name, option in options.items():
+        assert option.get("default") == defaults[name], name
+        assert option.get("description"), f"{name} has no description"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=role_ids())
+def test_every_default_has_a_comment_above_it_and_the_role_prefix(role):
+    lines = (role / "defaults" / "main.yml").read_text().splitlines()
+    for index, line in enumerate(lines):
+        match = re.match(r"^([a-z_][a-z0-9_]*):", line)
+        if match:
+            assert match[1].startswith(f"{role.name}_"), f"{match[1]} lacks the {role.name}_ prefix"
+            assert lines[index - 1].startswith("#"), f"{match[1]} has no comment above it"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=role_ids())
+def test_sample_inventory_lists_every_variable_of_the_role(role):
+    sample = REPO / "inventory" / "sample" / "group_vars" / "llm_servers" / f"{role.name}.yml"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+    text = sample.read_text()
+    missing = [name for name in defaults if f"# {name}:" not in text]
+    assert not missing, f"{sample.name} does not mention {missing}"

@@ -119,7 +119,17 @@ def build_image(lab_home: Path, suite: str = SUITE, log=print) -> Path:
     _run(["chroot", str(work), "/bin/sh", "-c", CONFIGURE_SCRIPT], "image configuration")
     (work / "etc/resolv.conf").unlink()
     work.rename(target)
+    remove_unused_images(target)
     return target
+
+
+def remove_unused_images(keep: Path) -> None:
+    """Drop images of older recipes that no running host uses, so the cache does not grow."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        in_use = mountinfo.read()
+    for image in keep.parent.iterdir():
+        if image != keep and image.is_dir() and not image.name.endswith(".tmp") and f"lowerdir={image}" not in in_use:
+            shutil.rmtree(image)
 
 
 def _run(command: list[str], what: str) -> None:

@@ -1,0 +1,87 @@
+"""Filters over the model catalog and the serving planner (plugins/module_utils/llm_planner.py).
+
+{{ gpus | llm_serving_plan('mixtral-8x7b-instruct', 'awq') }}
+    gpus: a list with one dict per GPU holding memory_total_mib and compute_cap, as the
+    GPU facts give them; the plan is the dict scripts/plan.py --json prints.
+{{ 'mixtral-8x7b-instruct' | llm_catalog_model }}      the catalog entry
+{{ 'mixtral:8x7b-instruct-q4_K_M' | llm_ollama_tag }}  the real tag (warns when it maps)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleFilterError
+from ansible.utils.display import Display
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
+
+from llm_catalog import check_checkpoint, get_model, load_models, load_serving, resolve_ollama_tag
+from llm_planner import PlanError, PlanRequest, plan
+
+DOCUMENTATION = """
+name: llm_serving
+short_description: Model catalog lookups and the vLLM serving planner
+"""
+
+
+def serving_plan(
+    gpus,
+    model,
+    fmt="fp16",
+    max_model_len=None,
+    gpu_memory_utilization=None,
+    concurrency=None,
+    kv_cache_dtype=None,
+    repo=None,
+):
+    """Plan for the host's GPUs; a mixed set is planned on its smallest and oldest GPU."""
+    if not isinstance(gpus, list) or not gpus:
+        raise AnsibleFilterError(f"llm_serving_plan: expected a non-empty list of GPUs, got {gpus!r}")
+    try:
+        models = load_models()
+        entry = get_model(models, model)
+        if repo:
+            check_checkpoint(models, model, fmt, repo)
+        request = PlanRequest(
+            model=model,
+            fmt=fmt,
+            gpus=len(gpus),
+            gpu_mem_mib=min(int(gpu["memory_total_mib"]) for gpu in gpus),
+            compute_cap=min(
+                (str(gpu["compute_cap"]) for gpu in gpus if gpu.get("compute_cap")),
+                key=lambda cc: tuple(int(part) for part in cc.split(".")),
+                default=None,
+            ),
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            concurrency=concurrency,
+            kv_cache_dtype=kv_cache_dtype,
+        )
+        return plan(request, entry, load_serving())
+    except (PlanError, KeyError, ValueError) as error:
+        raise AnsibleFilterError(f"llm_serving_plan: {error}") from None
+
+
+def catalog_model(key):
+    try:
+        return get_model(load_models(), key)
+    except PlanError as error:
+        raise AnsibleFilterError(f"llm_catalog_model: {error}") from None
+
+
+def ollama_tag(tag):
+    real, warning = resolve_ollama_tag(load_models(), tag)
+    if warning:
+        Display().warning(warning)
+    return real
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "llm_serving_plan": serving_plan,
+            "llm_catalog_model": catalog_model,
+            "llm_ollama_tag": ollama_tag,
+        }

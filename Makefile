@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The lab's hosts and their simulated GPU profiles (scripts/lab --help lists the profiles).
 LAB_HOSTS ?= 3
-LAB_GPUS ?= --gpu lab1=1x-L4-24GB --gpu lab2=2x-A10G-24GB --gpu lab3=none
+LAB_GPUS ?= --gpu lab1=4x-A100-40GB --gpu lab2=8x-H100-80GB --gpu lab3=none
 
 .PHONY: help deps venv lab lab-down lint unit integration test constraints
 

@@ -245,6 +245,9 @@ def render_inventory(spec: LabSpec, private_key: Path) -> str:
             f"          ansible_host: {node.address}",
             f"          lab_gpu_profile: {node.gpu_profile}",
         ]
+        if node.gpu_profile == NO_GPU_PROFILE:
+            # A lab host without a simulated GPU is a CPU development host, and says so.
+            lines.append("          llm_accelerator: cpu")
     if not spec.nodes:
         lines[-1] = "      hosts: {}"
     lines += [

@@ -130,6 +130,15 @@ def test_inventory_lists_hosts_with_profiles_and_connection_settings():
     assert "StrictHostKeyChecking=no" in group["vars"]["ansible_ssh_common_args"]
 
 
+def test_inventory_marks_hosts_without_a_gpu_as_cpu_hosts():
+    spec = LabSpec(
+        "lab", DEFAULT_SUBNET, [Node("lab1", "10.213.0.11", "none"), Node("lab2", "10.213.0.12", "1x-L4-24GB")]
+    )
+    hosts = yaml.safe_load(render_inventory(spec, Path("/k")))["all"]["children"]["llm_servers"]["hosts"]
+    assert hosts["lab1"]["llm_accelerator"] == "cpu"
+    assert "llm_accelerator" not in hosts["lab2"]
+
+
 def test_inventory_of_a_lab_without_hosts_is_valid_yaml():
     inventory = yaml.safe_load(render_inventory(LabSpec("lab", DEFAULT_SUBNET), Path("/k")))
     assert inventory["all"]["children"]["llm_servers"]["hosts"] == {}

@@ -43,6 +43,7 @@ GPU_FIELDS = {
     "compute_cap": (None, lambda g: (g["compute_cap"], "")),
     "persistence_mode": (None, lambda g: ("Enabled", "")),
     "compute_mode": (None, lambda g: ("Default", "")),
+    "mig.mode.current": (None, lambda g: (g.get("mig_mode", "[N/A]"), "")),
     "temperature.gpu": (None, lambda g: ("34", "")),
     "utilization.gpu": ("%", lambda g: ("0", " %")),
     "power.limit": ("W", lambda g: (f"{g['power_limit_w']:.2f}", " W")),

@@ -1,0 +1,47 @@
+"""Filter: the preflight report of one host (plugins/module_utils/llm_preflight.py).
+
+{{ ansible_facts['nvidia_gpu'] | llm_preflight_report(ansible_facts['llm_host'], system, settings, host) }}
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from ansible.errors import AnsibleFilterError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
+
+from llm_catalog import CATALOG_DIR, load_models, load_serving
+from llm_preflight import evaluate
+
+DOCUMENTATION = """
+name: llm_preflight
+short_description: Preflight verdicts per check and per phase for one host
+"""
+
+
+def load_gates(path: Path | None = None) -> dict:
+    return yaml.safe_load((path or CATALOG_DIR / "gates.yml").read_text())
+
+
+def preflight_report(gpu, probes, system, settings, host):
+    try:
+        return evaluate(
+            str(host),
+            dict(gpu),
+            dict(probes),
+            dict(system),
+            dict(settings),
+            load_gates(),
+            load_models(),
+            load_serving(),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise AnsibleFilterError(f"llm_preflight_report: {host}: cannot evaluate ({error!r})") from None
+
+
+class FilterModule:
+    def filters(self):
+        return {"llm_preflight_report": preflight_report}

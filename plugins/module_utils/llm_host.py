@@ -1,0 +1,67 @@
+"""Host probes for preflight: free disk under a path, and who listens on a TCP port.
+
+Pure Python, standard library only (shipped to hosts in the llm_host_facts module).
+"""
+
+from __future__ import annotations
+
+import os
+
+try:  # inside a module on the host (Ansiballz ships llm_gpu along)
+    from ansible.module_utils.llm_gpu import HostFiles, process_command, process_unit
+except ImportError:  # imported directly: unit tests, the controller
+    from llm_gpu import HostFiles, process_command, process_unit
+
+TCP_LISTEN = "0A"
+
+
+def free_mib(path: str) -> dict:
+    """Free MiB on the file system that holds path (or would hold it: the nearest existing parent)."""
+    probe = path
+    while not os.path.exists(probe) and probe not in ("", "/"):
+        probe = os.path.dirname(probe.rstrip("/")) or "/"
+    stats = os.statvfs(probe or "/")
+    return {"path": path, "measured_on": probe or "/", "free_mib": stats.f_bavail * stats.f_frsize // 2**20}
+
+
+def listening_inodes(proc_net_tcp: str, port: int) -> list[str]:
+    """Socket inodes listening on port, from the text of /proc/net/tcp or /proc/net/tcp6."""
+    inodes = []
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == TCP_LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
+            inodes.append(inode)
+    return inodes
+
+
+def socket_owners(files: HostFiles, inodes: list[str]) -> list[int]:
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    owners = []
+    for pid in files.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        for fd in files.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target in wanted:
+                owners.append(int(pid))
+                break
+    return owners
+
+
+def port_listeners(files: HostFiles, port: int) -> list[dict]:
+    """Processes listening on a TCP port, each with its command line and systemd unit."""
+    inodes = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        inodes += listening_inodes(files.text(table) or "", port)
+    if not inodes:
+        return []
+    owners = socket_owners(files, inodes)
+    if not owners:
+        return [{"pid": None, "command": None, "unit": None}]
+    return [{"pid": pid, "command": process_command(files, pid), "unit": process_unit(files, pid)} for pid in owners]

@@ -49,11 +49,16 @@ class Report:
             for phase in self.phases
         }
         failures = [c["message"] for c in self.checks if not c["ok"]]
+        summary = f"{self.host}: " + ", ".join(f"{phase} {verdict}" for phase, verdict in verdicts.items())
+        skipped = [c["measured"] for c in self.checks if c["skipped"]]
+        if skipped:
+            summary += " (" + "; ".join(skipped) + ")"
         return {
             "host": self.host,
             "phases": self.phases,
             "verdict": verdicts,
             "passed": not failures,
+            "summary": summary,
             "failures": failures,
             "checks": self.checks,
             **extra,

@@ -15,7 +15,7 @@ from llm_catalog import (
     resolve_ollama_tag,
 )
 from llm_planner import PlanError
-from llm_serving import FilterModule
+from llm_serving_filters import FilterModule
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = load_models()

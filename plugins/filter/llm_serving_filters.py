@@ -21,7 +21,7 @@ from llm_catalog import check_checkpoint, get_model, load_models, load_serving, 
 from llm_planner import PlanError, PlanRequest, plan
 
 DOCUMENTATION = """
-name: llm_serving
+name: llm_serving_filters
 short_description: Model catalog lookups and the vLLM serving planner
 """
 

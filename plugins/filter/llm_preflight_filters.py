@@ -17,7 +17,7 @@ from llm_catalog import CATALOG_DIR, load_models, load_serving
 from llm_preflight import evaluate
 
 DOCUMENTATION = """
-name: llm_preflight
+name: llm_preflight_filters
 short_description: Preflight verdicts per check and per phase for one host
 """
 

@@ -88,7 +88,12 @@ def evaluate(
         report.skip("GPU", ALL, "CPU accelerator set in the inventory (llm_accelerator: cpu): GPU gates skipped")
     elif _gpu_usable(report, gpu, settings, gates):
         plan_result = _gpu_checks(report, gpu, settings, gates, models, serving)
-    return report.as_dict(accelerator=settings["accelerator"], gpu_state=gpu.get("state"), plan=plan_result)
+    measured_gpu = {key: gpu.get(key) for key in ("state", "error", "driver_version", "cuda_version", "fallbacks")}
+    measured_gpu["gpus"] = [
+        {key: card.get(key) for key in ("index", "name", "memory_total_mib", "compute_cap")}
+        for card in gpu.get("gpus", [])
+    ]
+    return report.as_dict(accelerator=settings["accelerator"], gpu=measured_gpu, plan=plan_result)
 
 
 def _system_checks(report: Report, system: dict, settings: dict, gates: dict) -> None:

@@ -38,12 +38,11 @@ def test_hosts_have_separate_cgroups_so_a_unit_stopped_on_one_keeps_running_on_a
 
 def test_gpu_profiles_give_each_host_its_simulated_nvidia_smi(session_lab):
     query = "nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader,nounits"
-    l4 = session_lab.host("itest1").run(query)
-    assert (l4.rc, l4.stdout) == (0, "NVIDIA L4, 23034, 550.54.15, 8.9\n")
-    old = session_lab.host("itest2").run(query)
-    assert old.rc == 2
-    assert old.stdout.startswith('Field "compute_cap" is not a valid field to query.')
-    assert "CUDA Version: 11.4" in session_lab.host("itest2").run("nvidia-smi").stdout
+    a100 = session_lab.host("itest1").run(query)
+    assert (a100.rc, a100.stdout) == (0, "NVIDIA A100-SXM4-40GB, 40960, 580.95.05, 8.0\n" * 4)
+    h100 = session_lab.host("itest2").run(query)
+    assert (h100.rc, h100.stdout) == (0, "NVIDIA H100 80GB HBM3, 81559, 575.57.08, 9.0\n" * 8)
+    assert "CUDA Version: 12.9" in session_lab.host("itest2").run("nvidia-smi").stdout
     none = session_lab.host("itest3").run("nvidia-smi")
     assert none.rc == 127
 
@@ -55,10 +54,13 @@ def test_a_running_hosts_gpu_profile_can_be_switched(session_lab):
         broken = host.run("nvidia-smi")
         assert broken.rc != 0
         assert "couldn't communicate with the NVIDIA driver" in broken.stdout
-        lab(SESSION_LAB, "gpu", "itest3", "4x-A100-40GB")
-        assert host.run("nvidia-smi -L").stdout.count("NVIDIA A100-SXM4-40GB") == 4
+        lab(SESSION_LAB, "gpu", "itest3", "driver-470")
+        old = host.run("nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader")
+        assert old.rc == 2
+        assert old.stdout.startswith('Field "compute_cap" is not a valid field to query.')
+        assert "CUDA Version: 11.4" in host.run("nvidia-smi").stdout
         status = json.loads(lab(SESSION_LAB, "status", "--json").stdout)
-        assert {row["host"]: row["gpu_profile"] for row in status["hosts"]}["itest3"] == "4x-A100-40GB"
+        assert {row["host"]: row["gpu_profile"] for row in status["hosts"]}["itest3"] == "driver-470"
     finally:
         lab(SESSION_LAB, "gpu", "itest3", "none")
     assert host.run("nvidia-smi").rc == 127

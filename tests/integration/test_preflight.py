@@ -1,0 +1,199 @@
+"""Preflight on lab hosts: the right verdict for every simulated GPU, nothing changed, every problem reported."""
+
+import json
+import math
+import shutil
+
+import pytest
+from conftest import LAB_HOME, REPO, SESSION_LAB, SESSION_PROFILES, lab, run_playbook
+
+MIB = 2**20
+# Expected verdicts with the default model (Mixtral 8x7B; Ollama 0.32.15; vLLM 0.33.0 cu129 serving AWQ),
+# before the disk gate, which depends on this machine's free space (see expected()).
+VERDICTS = {
+    "none": ("fail", "fail"),
+    "driver-broken": ("fail", "fail"),
+    "driver-mismatch": ("fail", "fail"),
+    "driver-470": ("fail", "fail"),
+    "1x-L4-24GB": ("fail", "fail"),
+    "1x-L4-24GB-busy": ("fail", "fail"),
+    "2x-A10G-24GB": ("fail", "fail"),
+    "1x-A100-80GB": ("pass", "fail"),
+    "4x-A100-40GB": ("pass", "pass"),
+    "8x-H100-80GB": ("pass", "pass"),
+}
+REMEDIATIONS = {
+    "none": "set llm_accelerator: cpu in the inventory",
+    "driver-broken": "modprobe nvidia",
+    "driver-mismatch": "reboot",
+    "driver-470": "upgrade the NVIDIA driver to 520.61.05 or newer",
+    "1x-L4-24GB-busy": "PID 4242 (/usr/bin/python3) holds 8192 MiB",
+    "2x-A10G-24GB": "upgrade the NVIDIA driver to 550 or newer",
+    "1x-A100-80GB": "or set llm_preflight_vllm_cuda_build: cu128",
+}
+DEFAULT_MODEL = ["-e", "llm_preflight_model=mixtral-8x7b-instruct"]
+
+
+def expected(profile: str) -> dict:
+    """Verdicts for a profile, with the disk gate applied to the free space this machine really has."""
+    free = shutil.disk_usage(LAB_HOME).free / MIB
+    disk_ok = {
+        "phase1": free >= math.ceil(26.4e9 / MIB * 1.2),
+        "phase2": free >= math.ceil(24.7e9 / MIB * 1.2),
+    }
+    phase1, phase2 = VERDICTS[profile]
+    return {
+        "phase1": phase1 if disk_ok["phase1"] else "fail",
+        "phase2": phase2 if disk_ok["phase2"] else "fail",
+    }
+
+
+def reports(directory) -> dict:
+    return {path.stem: json.loads(path.read_text()) for path in directory.glob("*.json")}
+
+
+@pytest.fixture
+def restore_profiles(session_lab):
+    yield
+    for host, profile in SESSION_PROFILES.items():
+        lab(SESSION_LAB, "gpu", host, profile)
+
+
+def test_every_gpu_profile_gets_the_right_verdict_and_remediation(session_lab, restore_profiles, tmp_path):
+    profiles = list(VERDICTS)
+    hosts = session_lab.hosts
+    for batch_start in range(0, len(profiles), len(hosts)):
+        batch = dict(zip(hosts, profiles[batch_start : batch_start + len(hosts)], strict=False))
+        for host, profile in batch.items():
+            lab(SESSION_LAB, "gpu", host, profile)
+        report_dir = tmp_path / f"batch{batch_start}"
+        run = session_lab.playbook(
+            *DEFAULT_MODEL,
+            "-e",
+            "llm_accelerator=gpu",
+            "-e",
+            f"llm_preflight_report_dir={report_dir}",
+            playbook="playbooks/preflight.yml",
+        )
+        found = reports(report_dir)
+        for host, profile in batch.items():
+            assert found[host]["verdict"] == expected(profile), (profile, found[host]["failures"])
+            if profile in REMEDIATIONS:
+                assert REMEDIATIONS[profile] in run.output, profile
+        assert (run.returncode == 0) == all(report["passed"] for report in found.values())
+
+
+def test_check_mode_gives_the_same_verdicts(session_lab, restore_profiles, tmp_path):
+    lab(SESSION_LAB, "gpu", "itest1", "1x-L4-24GB-busy")
+    normal, check = tmp_path / "normal", tmp_path / "check"
+    session_lab.playbook(*DEFAULT_MODEL, "-e", f"llm_preflight_report_dir={normal}", playbook="playbooks/preflight.yml")
+    session_lab.playbook(
+        *DEFAULT_MODEL, "--check", "-e", f"llm_preflight_report_dir={check}", playbook="playbooks/preflight.yml"
+    )
+    assert reports(normal) == reports(check)
+    assert reports(check)["itest1"]["verdict"] == {"phase1": "fail", "phase2": "fail"}
+
+
+def test_a_failed_preflight_stops_every_host_before_anything_changes(session_lab, restore_profiles, tmp_path):
+    lab(SESSION_LAB, "gpu", "itest2", "driver-broken")
+    run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}")
+    assert run.returncode != 0
+    assert "itest2: NVIDIA GPU and driver" in run.output
+    assert all(run.recap[name]["changed"] == 0 for name in session_lab.hosts)
+    for name in session_lab.hosts:
+        assert not session_lab.host(name).file("/etc/ansible/facts.d/llm_toolkit.fact").exists, name
+    assert reports(tmp_path)["itest1"]["passed"] is True
+
+
+def test_the_cpu_host_passes_with_the_gpu_gates_skipped_and_says_so(session_lab, tmp_path):
+    run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+    assert run.returncode == 0, run.output[-2000:]
+    report = reports(tmp_path)["itest3"]
+    assert report["accelerator"] == "cpu"
+    assert "GPU gates skipped" in report["summary"]
+    assert "itest3: phase1 pass, phase2 pass (CPU accelerator set in the inventory" in run.output
+
+
+def test_phase_tags_gate_only_that_phase(session_lab, restore_profiles, tmp_path):
+    lab(SESSION_LAB, "gpu", "itest1", "1x-A100-80GB")
+    run = session_lab.playbook(
+        *DEFAULT_MODEL,
+        "--tags",
+        "phase1",
+        "-e",
+        f"llm_preflight_report_dir={tmp_path}",
+        playbook="playbooks/preflight.yml",
+    )
+    assert run.returncode == 0, run.output[-2000:]
+    assert reports(tmp_path)["itest1"]["verdict"] == {"phase1": expected("1x-A100-80GB")["phase1"]}
+
+
+def test_a_port_held_by_another_process_is_named_and_our_own_unit_is_accepted(session_lab, tmp_path):
+    host = session_lab.host("itest1")
+    host.run("systemd-run --unit=squatter --quiet python3 -m http.server 8000")
+    try:
+        host.run("for i in $(seq 50); do ss -Hltn 'sport = :8000' | grep -q . && break; sleep 0.1; done")
+        run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+        pid = host.run("systemctl show -p MainPID --value squatter").stdout.strip()
+        assert run.returncode != 0
+        assert f"itest1: port 8000: held by PID {pid} (/usr/bin/python3 -m http.server 8000)" in run.output
+    finally:
+        host.run("systemctl stop squatter")
+    host.run("systemd-run --unit=vllm --quiet python3 -m http.server 8000")
+    try:
+        host.run("for i in $(seq 50); do ss -Hltn 'sport = :8000' | grep -q . && break; sleep 0.1; done")
+        run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+        assert run.returncode == 0, run.output[-2000:]
+    finally:
+        host.run("systemctl stop vllm")
+
+
+def test_too_little_disk_for_the_model_fails_with_the_sizes(session_lab, tmp_path):
+    host = session_lab.host("itest1")
+    assert host.run("mkdir -p /var/lib/ollama && mount -t tmpfs -o size=10m tmpfs /var/lib/ollama").rc == 0
+    try:
+        run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+    finally:
+        host.run("umount /var/lib/ollama && rmdir /var/lib/ollama")
+    assert run.returncode != 0
+    assert "itest1: free disk for the Ollama model: 10 MiB free on /var/lib/ollama" in run.output
+    assert "required: 5036 MiB (1.2 x 4.4 GB)" in run.output
+
+
+def test_bad_input_is_refused_before_anything_is_measured(session_lab):
+    run = session_lab.playbook("-e", "llm_preflight_model=mixtral", playbook="playbooks/preflight.yml")
+    assert run.returncode != 0
+    assert "llm_preflight_model=mixtral is not in catalog/models.yml" in run.output
+    assert "gather | Read the NVIDIA GPUs" not in run.output
+    run = session_lab.playbook(
+        "-e", '{"llm_preflight_allow_unsupported_os": "false"}', playbook="playbooks/preflight.yml"
+    )
+    assert "expected true or false unquoted" in run.output
+
+
+def test_on_this_machine_preflight_uses_the_nvidia_smi_on_path_or_the_one_named(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").symlink_to(REPO / "tests" / "standins" / "nvidia_smi" / "nvidia-smi")
+    on_path = run_playbook(
+        "-i",
+        "inventory/local.yml",
+        "playbooks/preflight.yml",
+        "-e",
+        f"llm_preflight_report_dir={tmp_path / 'a'}",
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin:{REPO / '.venv' / 'bin'}", "LAB_GPU_PROFILE": "2x-A10G-24GB"},
+    )
+    gpu = reports(tmp_path / "a")["localhost"]["gpu"]
+    assert (gpu["state"], len(gpu["gpus"]), gpu["gpus"][0]["name"]) == ("ok", 2, "NVIDIA A10G"), on_path.output[-2000:]
+    named = run_playbook(
+        "-i",
+        "inventory/local.yml",
+        "playbooks/preflight.yml",
+        "-e",
+        f"llm_preflight_report_dir={tmp_path / 'b'}",
+        "-e",
+        f"llm_preflight_nvidia_smi_path={bin_dir / 'nvidia-smi'}",
+        env={"LAB_GPU_PROFILE": "8x-H100-80GB"},
+    )
+    gpu = reports(tmp_path / "b")["localhost"]["gpu"]
+    assert (gpu["state"], len(gpu["gpus"]), gpu["cuda_version"]) == ("ok", 8, "12.9"), named.output[-2000:]

@@ -9,7 +9,11 @@ cgroup_dirs=$2
 shift 2
 IFS=: read -ra cgroups <<<"$cgroup_dirs"
 for cgroup in "${cgroups[@]}"; do
-  echo "$BASHPID" >"$cgroup/cgroup.procs" || exit 90
+  if ! error=$(echo "$BASHPID" 2>&1 >"$cgroup/cgroup.procs"); then
+    echo "supervisor: cannot join cgroup $cgroup: $error"
+    echo 90 >"$node_dir/supervisor.rc"
+    exit 90
+  fi
 done
 while :; do
   "$@" </dev/null &
@@ -17,6 +21,7 @@ while :; do
   wait "$!"
   rc=$?
   echo "supervisor: systemd-nspawn exited with $rc"
+  echo "$rc" >"$node_dir/supervisor.rc"
   if [ "$rc" -ne 133 ] || [ -e "$node_dir/stopping" ]; then
     break
   fi

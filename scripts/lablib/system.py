@@ -188,6 +188,7 @@ class NodePaths:
         self.supervisor_pid = self.dir / "supervisor.pid"
         self.nspawn_pid = self.dir / "nspawn.pid"
         self.stopping = self.dir / "stopping"
+        self.supervisor_rc = self.dir / "supervisor.rc"
 
 
 def _pid_runs(pid_file: Path, needle: str) -> int | None:
@@ -225,6 +226,7 @@ def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Pat
     for directory in (paths.root, paths.upper, paths.work):
         directory.mkdir(parents=True, exist_ok=True)
     paths.stopping.unlink(missing_ok=True)
+    paths.supervisor_rc.unlink(missing_ok=True)
     paths.console.write_text("")
     paths.network_file.write_text(network_unit(node.address, spec.network.prefixlen, spec.gateway))
     if not is_mounted(paths.root):
@@ -288,7 +290,8 @@ def wait_node(state_dir: Path, node: Node, key: Path, timeout: float) -> None:
     state = "not reachable over ssh"
     while time.monotonic() < deadline:
         if supervisor_pid(paths) is None:
-            state = "its systemd-nspawn exited"
+            rc = paths.supervisor_rc.read_text().strip() if paths.supervisor_rc.exists() else "unknown"
+            state = f"its supervisor exited (code {rc})"
             break
         try:
             result = ssh(node, key, "systemctl is-system-running --wait", timeout=deadline - time.monotonic())

@@ -8,9 +8,15 @@ node_dir=$1
 cgroup_dirs=$2
 shift 2
 IFS=: read -ra cgroups <<<"$cgroup_dirs"
+# No subshell here: $BASHPID must be this process, which systemd-nspawn then inherits the cgroups of.
 for cgroup in "${cgroups[@]}"; do
-  if ! error=$(echo "$BASHPID" 2>&1 >"$cgroup/cgroup.procs"); then
-    echo "supervisor: cannot join cgroup $cgroup: $error"
+  relative="/${cgroup#"${cgroup%/*/*}"/}"
+  case "$cgroup" in
+    */systemd/*) expected=":name=systemd:$relative\$" ;;
+    *) expected="^0::$relative\$" ;;
+  esac
+  if ! echo "$BASHPID" >"$cgroup/cgroup.procs" || ! grep -q -- "$expected" "/proc/$BASHPID/cgroup"; then
+    echo "supervisor: could not move into cgroup $cgroup; refusing to boot in a shared cgroup"
     echo 90 >"$node_dir/supervisor.rc"
     exit 90
   fi

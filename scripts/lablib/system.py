@@ -223,6 +223,12 @@ def mounts_under(path: Path) -> list[str]:
 
 def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Path) -> None:
     paths = NodePaths(state_dir, node.name)
+    veth = f"vb-{node.name}"
+    if link_exists(veth):
+        raise LabError(
+            f"network interface {veth} already exists, so host {node.name} of an earlier run still runs outside "
+            f"the lab's control; expected no such interface; fix: find its processes with lsns -t net and stop them"
+        )
     for directory in (paths.root, paths.upper, paths.work):
         directory.mkdir(parents=True, exist_ok=True)
     paths.stopping.unlink(missing_ok=True)

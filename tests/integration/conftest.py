@@ -88,6 +88,11 @@ def leftovers(name: str) -> list[str]:
     found += [f"process {pid}: {cmdline[:80]}" for pid, cmdline in processes_matching(f"--machine={name}", state)]
     found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"*/llm-lab/{name}[0-9]*")]
     found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"llm-lab/{name}[0-9]*")]
+    # A host that escaped its own cgroup lands in a root-level payload cgroup that nspawn creates.
+    found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob("*/payload")]
+    found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob("payload")]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    found += [f"interface {line.split(':')[1].strip()}" for line in links.splitlines() if f": vb-{name}" in line]
     bridge = f"llmlab-{name}"[:15]
     if subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode == 0:
         found.append(f"bridge {bridge}")

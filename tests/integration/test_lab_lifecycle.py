@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import LAB_HOME, lab, leftovers, processes_matching, require_lab
+from lablib.system import SSH_OPTIONS
 
 NAME = "cycle"
 
@@ -30,21 +31,7 @@ def status() -> dict:
 def ssh(host_address: str, command: str) -> str:
     key = LAB_HOME / "keys" / "id_ed25519"
     result = subprocess.run(
-        [
-            "ssh",
-            "-i",
-            str(key),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            f"root@{host_address}",
-            command,
-        ],
+        ["ssh", *SSH_OPTIONS, "-i", str(key), f"root@{host_address}", command],
         capture_output=True,
         text=True,
         timeout=60,

@@ -299,13 +299,11 @@ def test_the_filter_plans_from_gpu_facts():
     assert filters["llm_catalog_model"]("gemma2-2b")["ollama"]["tag"] == "gemma2:2b"
 
 
-def test_ansible_finds_the_filters_through_ansible_cfg():
-    ansible = Path(sys.executable).with_name("ansible")
-    gpus = '[{"memory_total_mib": 23028, "compute_cap": "8.6"}, {"memory_total_mib": 23028, "compute_cap": "8.6"}]'
-    expression = f"{{{{ ({gpus} | llm_serving_plan('mixtral-8x7b-instruct', 'awq')).tensor_parallel_size }}}}"
-    result = subprocess.run(
+def ansible_debug(expression: str) -> subprocess.CompletedProcess:
+    """Evaluate a Jinja expression with ad-hoc ansible, using the repository's ansible.cfg."""
+    return subprocess.run(
         [
-            str(ansible),
+            str(Path(sys.executable).with_name("ansible")),
             "localhost",
             "-i",
             "localhost,",
@@ -322,26 +320,15 @@ def test_ansible_finds_the_filters_through_ansible_cfg():
         env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
         check=False,
     )
+
+
+def test_ansible_finds_the_filters_through_ansible_cfg():
+    gpus = '[{"memory_total_mib": 23028, "compute_cap": "8.6"}, {"memory_total_mib": 23028, "compute_cap": "8.6"}]'
+    result = ansible_debug(
+        f"{{{{ ({gpus} | llm_serving_plan('mixtral-8x7b-instruct', 'awq')).tensor_parallel_size }}}}"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "msg: 2" in result.stdout
-    bad = subprocess.run(
-        [
-            str(ansible),
-            "localhost",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-m",
-            "ansible.builtin.debug",
-            "-a",
-            "msg={{ [{'memory_total_mib': 1, 'compute_cap': '8.0'}] | llm_serving_plan('nope') }}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        check=False,
-    )
+    bad = ansible_debug("{{ [{'memory_total_mib': 1, 'compute_cap': '8.0'}] | llm_serving_plan('nope') }}")
     assert bad.returncode != 0
     assert "--model 'nope' is not in the catalog" in bad.stdout + bad.stderr

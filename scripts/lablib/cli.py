@@ -205,7 +205,14 @@ def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
         for node in to_boot:
             system.start_node(lab.state_dir, spec, node, image_dir, key)
         timeout = float(os.environ.get("LAB_BOOT_TIMEOUT", "120"))
-        system.in_parallel(lambda node: boot_with_one_retry(lab, spec, node, image_dir, key, timeout), nodes)
+        system.in_parallel(
+            lambda node: (
+                boot_with_one_retry(lab, spec, node, image_dir, key, timeout)
+                if node in to_boot
+                else system.wait_node(lab.state_dir, node, key, timeout)
+            ),
+            nodes,
+        )
         inventory = lab.write_inventory(spec)
     say(
         f"{len(nodes)} host(s) running ({len(to_boot)} booted) in {time.monotonic() - started:.1f} s; "
@@ -215,7 +222,7 @@ def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def boot_with_one_retry(lab: Lab, spec: LabSpec, node, image_dir: Path, key: Path, timeout: float) -> None:
-    """Wait for a node; a node that failed to come up is booted once more before giving up."""
+    """Wait for a node just booted; one that failed to come up is booted once more before giving up."""
     try:
         system.wait_node(lab.state_dir, node, key, timeout)
     except LabError as first:

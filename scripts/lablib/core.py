@@ -20,6 +20,7 @@ NO_GPU_PROFILE = "none"
 COMMENT_PREFIX = "llm-lab:"
 CGROUP_GROUP = "llm-lab"
 INVENTORY_GROUP = "llm_servers"
+LAB_WHEELS_MOUNT = "/opt/lab-wheels"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
 
@@ -184,6 +185,7 @@ def nspawn_command(
     public_key: Path,
     standins: Path,
     keep_unit: bool,
+    wheels: Path | None = None,
 ) -> list[str]:
     """The systemd-nspawn command line that boots one node (see docs in scripts/lab)."""
     command = [
@@ -201,6 +203,9 @@ def nspawn_command(
         f"--bind-ro={standins}:/opt/lab-standins",
         "--console=read-only",
     ]
+    if wheels:
+        # Local wheels pip cannot get from an index (the CPU build of torch) for pip inside the host.
+        command.insert(-1, f"--bind-ro={wheels}:{LAB_WHEELS_MOUNT}")
     if keep_unit:
         command.insert(5, "--keep-unit")
     return command

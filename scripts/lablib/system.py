@@ -253,7 +253,7 @@ def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Pat
     for cgroup in cgroups:
         cgroup.mkdir(parents=True, exist_ok=True)
     command = nspawn_command(
-        node, paths.root, spec.bridge, paths.network_file, key.with_suffix(".pub"), STANDINS, keep_unit
+        node, paths.root, spec.bridge, paths.network_file, key.with_suffix(".pub"), STANDINS, keep_unit, local_wheels()
     )
     env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
     with open(paths.console, "ab") as console:
@@ -266,6 +266,14 @@ def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Pat
             env=env,
         )
     paths.supervisor_pid.write_text(f"{supervisor.pid}\n")
+
+
+def local_wheels() -> Path | None:
+    """The wheel directory pip on this machine finds local wheels in ($LAB_WHEELS, else PIP_FIND_LINKS)."""
+    for candidate in [os.environ.get("LAB_WHEELS", ""), *os.environ.get("PIP_FIND_LINKS", "").split()]:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate).resolve()
+    return None
 
 
 def set_gpu_profile(paths: NodePaths, profile: str) -> None:

@@ -97,6 +97,10 @@ def test_nspawn_command_has_the_flags_a_machine_without_machined_needs():
     assert "--bind-ro=/s:/opt/lab-standins" in command
     without = nspawn_command(node, Path("/r"), "b", Path("/n"), Path("/k.pub"), Path("/s"), keep_unit=False)
     assert "--keep-unit" not in without
+    assert not any("lab-wheels" in arg for arg in without)
+    wheels = nspawn_command(node, Path("/r"), "b", Path("/n"), Path("/k.pub"), Path("/s"), False, Path("/opt/w"))
+    assert "--bind-ro=/opt/w:/opt/lab-wheels" in wheels
+    assert wheels[-1] == "--console=read-only"
 
 
 def test_iptables_rules_are_tagged_so_teardown_finds_them():

@@ -13,7 +13,6 @@ from llm_gpu import version_tuple
 from llm_planner import PlanError, PlanRequest, plan
 
 PHASES = ("phase1", "phase2")
-ALL = ("phase1", "phase2")
 MIB = 2**20
 
 
@@ -85,7 +84,7 @@ def evaluate(
     _disk_and_port_checks(report, probes, settings, models)
     plan_result = None
     if settings["accelerator"] == "cpu":
-        report.skip("GPU", ALL, "CPU accelerator set in the inventory (llm_accelerator: cpu): GPU gates skipped")
+        report.skip("GPU", PHASES, "CPU accelerator set in the inventory (llm_accelerator: cpu): GPU gates skipped")
     elif _gpu_usable(report, gpu, settings, gates):
         plan_result = _gpu_checks(report, gpu, settings, gates, models, serving)
     measured_gpu = {key: gpu.get(key) for key in ("state", "error", "driver_version", "cuda_version", "fallbacks")}
@@ -102,11 +101,13 @@ def _system_checks(report: Report, system: dict, settings: dict, gates: dict) ->
     supported = major in gates["supported_os"].get(distribution, [])
     wanted = "; ".join(f"{name} {', '.join(versions)}" for name, versions in gates["supported_os"].items())
     if not supported and settings["allow_unsupported_os"]:
-        report.skip("operating system", ALL, f"{distribution} {version} allowed by llm_preflight_allow_unsupported_os")
+        report.skip(
+            "operating system", PHASES, f"{distribution} {version} allowed by llm_preflight_allow_unsupported_os"
+        )
     else:
         report.add(
             "operating system",
-            ALL,
+            PHASES,
             supported,
             f"{distribution} {version}",
             wanted,
@@ -114,7 +115,7 @@ def _system_checks(report: Report, system: dict, settings: dict, gates: dict) ->
         )
     report.add(
         "service manager",
-        ALL,
+        PHASES,
         system.get("service_mgr") == "systemd",
         system.get("service_mgr"),
         "systemd",
@@ -123,7 +124,7 @@ def _system_checks(report: Report, system: dict, settings: dict, gates: dict) ->
     ram_gb = round(system.get("memtotal_mb", 0) / 1024, 1)
     report.add(
         "RAM",
-        ALL,
+        PHASES,
         ram_gb >= settings["min_ram_gb"],
         f"{ram_gb} GiB",
         f"{settings['min_ram_gb']} GiB",
@@ -132,7 +133,7 @@ def _system_checks(report: Report, system: dict, settings: dict, gates: dict) ->
     cores = system.get("processor_vcpus", 0)
     report.add(
         "CPU cores",
-        ALL,
+        PHASES,
         cores >= settings["min_cpu_cores"],
         cores,
         settings["min_cpu_cores"],
@@ -184,7 +185,7 @@ def _gpu_usable(report: Report, gpu: dict, settings: dict, gates: dict) -> bool:
     modules = gpu.get("kernel_modules", {})
     report.add(
         "nouveau driver",
-        ALL,
+        PHASES,
         not modules.get("nouveau"),
         "nouveau loaded" if modules.get("nouveau") else "-",
         "nouveau not loaded",
@@ -211,7 +212,7 @@ def _gpu_usable(report: Report, gpu: dict, settings: dict, gates: dict) -> bool:
     else:
         measured = f"nvidia-smi state {state}: {gpu.get('error')}"
         fix = "check the driver with nvidia-smi and dmesg | grep -i nvrm"
-    report.add("NVIDIA GPU and driver", ALL, False, measured, "a working NVIDIA driver and at least one GPU", fix)
+    report.add("NVIDIA GPU and driver", PHASES, False, measured, "a working NVIDIA driver and at least one GPU", fix)
     return False
 
 
@@ -238,7 +239,7 @@ def _gpu_checks(report: Report, gpu: dict, settings: dict, gates: dict, models: 
     baseline = gates["baseline_cuda"]
     report.add(
         f"driver supports CUDA {baseline}",
-        ALL,
+        PHASES,
         version_tuple(driver) >= version_tuple(table[baseline]),
         measured_driver,
         f"driver {table[baseline]} or newer (CUDA {baseline})",
@@ -249,20 +250,20 @@ def _gpu_checks(report: Report, gpu: dict, settings: dict, gates: dict, models: 
     mig = [str(g["index"]) for g in gpus if g.get("mig_mode") == "Enabled"]
     report.add(
         "MIG",
-        ALL,
+        PHASES,
         not mig,
         f"MIG enabled on GPU {', '.join(mig)}" if mig else "disabled",
         "MIG disabled",
         f"disable MIG (nvidia-smi -i {','.join(mig) or 'N'} -mig 0, then reset the GPU): the toolkit sizes whole GPUs",
     )
-    foreign = [app for app in gpu.get("compute_apps", []) if app.get("unit") not in settings["own_units"]]
+    foreign = [app for app in gpu.get("compute_apps", []) if app.get("unit") not in gates["own_units"]]
     holders = "; ".join(
         f"PID {app['pid']} ({app.get('command') or app['process_name']}) holds {app['used_memory_mib']} MiB"
         for app in foreign
     )
     report.add(
         "GPU memory held by other processes",
-        ALL,
+        PHASES,
         not foreign,
         holders or "none",
         "none",

@@ -41,7 +41,6 @@ SETTINGS = {
     "min_ram_gb": 32,
     "min_cpu_cores": 8,
     "allow_unsupported_os": False,
-    "own_units": ["ollama.service", "vllm.service"],
     "ports": {"ollama": {"port": 11434, "unit": "ollama.service"}, "vllm": {"port": 8000, "unit": "vllm.service"}},
 }
 

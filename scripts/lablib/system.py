@@ -206,7 +206,8 @@ def nspawn_pid(paths: NodePaths, node: str) -> int | None:
 
 
 def supervisor_pid(paths: NodePaths) -> int | None:
-    return _pid_runs(paths.supervisor_pid, f"{SUPERVISOR} {paths.dir} ")
+    # Matched by file name, not full path: a lab may be stopped from another clone than started it.
+    return _pid_runs(paths.supervisor_pid, f"/{SUPERVISOR.name} {paths.dir} ")
 
 
 def is_mounted(path: Path) -> bool:

@@ -137,8 +137,8 @@ class Lab:
     def hosts(self) -> list[str]:
         return sorted(SESSION_PROFILES)
 
-    def playbook(self, *args: str, playbook: str = "playbooks/site.yml") -> PlaybookRun:
-        return run_playbook("-i", str(self.inventory), playbook, *args)
+    def playbook(self, *args: str, playbook: str = "playbooks/site.yml", env: dict | None = None) -> PlaybookRun:
+        return run_playbook("-i", str(self.inventory), playbook, *args, env=env)
 
     def host(self, name: str):
         return testinfra.get_host(f"ansible://{name}", ansible_inventory=str(self.inventory))

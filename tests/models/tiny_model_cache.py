@@ -70,3 +70,7 @@ def tiny_mixtral(root: Path | None = None) -> Path:
             _run([str(venv / "bin" / "python"), str(BUILD_SCRIPT), str(work)], "building the tiny model")
             work.rename(target)
     return target
+
+
+if __name__ == "__main__":
+    print(tiny_mixtral())

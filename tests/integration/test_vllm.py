@@ -1,0 +1,136 @@
+"""Phase 2 on a CPU lab host: the real vLLM CPU build, as a hardened systemd service, serving the tiny model."""
+
+import time
+
+import pytest
+
+HOST = "itest3"  # the session lab's CPU host
+CANARY = "canary-key-7f3a9c"
+ITALIAN = "Ciao! Sono un piccolo modello di prova. Posso rispondere in italiano."
+CHAT = """python3 - <<'EOF'
+import json, urllib.request, urllib.error
+headers = {"Content-Type": "application/json"}
+key = open("/root/key").read().strip() if __import__("os").path.exists("/root/key") else ""
+if key:
+    headers["Authorization"] = "Bearer " + key
+body = {"model": "mixtral", "messages": [{"role": "user", "content": "Ciao, come posso aiutarti?"}],
+        "max_tokens": 30, "temperature": 0}
+request = urllib.request.Request("http://127.0.0.1:8000/v1/chat/completions", json.dumps(body).encode(), headers)
+try:
+    print(json.load(urllib.request.urlopen(request, timeout=60))["choices"][0]["message"]["content"].strip())
+except urllib.error.HTTPError as error:
+    print(error.code)
+EOF"""
+
+
+def phase2(session_lab, tiny_model, *args):
+    return session_lab.playbook(
+        "--tags",
+        "phase2",
+        "--limit",
+        HOST,
+        "-e",
+        f"vllm_api_key={CANARY}",
+        *args,
+        env={"LAB_MODEL_DIR": str(tiny_model)},
+    )
+
+
+def invocation(host) -> str:
+    return host.run("systemctl show -p InvocationID --value vllm.service").stdout.strip()
+
+
+def chat(host, with_key: bool) -> str:
+    if with_key:
+        host.run(f"umask 077; echo {CANARY} > /root/key")
+    try:
+        return host.run(CHAT).stdout.strip()
+    finally:
+        host.run("rm -f /root/key")
+
+
+@pytest.fixture(scope="module")
+def converged(session_lab, tiny_model):
+    first = phase2(session_lab, tiny_model)
+    assert first.returncode == 0, first.output[-4000:]
+    return first
+
+
+def test_first_run_converges_and_serves_the_italian_prompt_in_italian(converged, session_lab):
+    assert converged.recap[HOST]["changed"] > 0
+    host = session_lab.host(HOST)
+    assert host.service("vllm.service").is_running
+    assert host.service("vllm.service").is_enabled
+    assert chat(host, with_key=True) == ITALIAN
+
+
+def test_the_api_refuses_requests_without_the_key(converged, session_lab):
+    assert chat(session_lab.host(HOST), with_key=False) == "401"
+
+
+def test_the_api_listens_on_loopback_only(converged, session_lab):
+    listeners = session_lab.host(HOST).run("ss -Hltn 'sport = :8000'").stdout.split()
+    assert "127.0.0.1:8000" in listeners
+    assert "0.0.0.0:8000" not in listeners
+
+
+def test_the_key_is_in_a_private_file_never_on_a_command_line(converged, session_lab):
+    host = session_lab.host(HOST)
+    env = host.file("/etc/vllm/vllm.env")
+    assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+    assert f"VLLM_API_KEY={CANARY}" in env.content_string
+    assert CANARY not in host.run("systemctl show -p ExecStart vllm.service").stdout
+    pids = host.run("pgrep -u vllm").stdout.split()
+    assert pids, "vLLM runs no process as the vllm user"
+    for pid in pids:
+        assert CANARY not in host.run(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
+    assert CANARY not in converged.output
+
+
+def test_the_unit_verifies_and_is_hardened(converged, session_lab):
+    host = session_lab.host(HOST)
+    assert host.run("systemd-analyze verify --recursive-errors=no /etc/systemd/system/vllm.service").rc == 0
+    security = host.run("systemd-analyze security --no-pager vllm.service").stdout.splitlines()[-1]
+    exposure = float(security.split("vllm.service:")[1].split()[0])
+    assert exposure <= 3.3, security
+
+
+def test_a_second_run_changes_nothing_and_restarts_nothing(converged, session_lab, tiny_model):
+    host = session_lab.host(HOST)
+    before = invocation(host)
+    again = phase2(session_lab, tiny_model)
+    assert again.returncode == 0, again.output[-3000:]
+    assert again.recap[HOST]["changed"] == 0
+    assert invocation(host) == before
+    check = phase2(session_lab, tiny_model, "--check")
+    assert check.returncode == 0, check.output[-3000:]
+    assert check.recap[HOST]["changed"] == 0
+
+
+def test_a_config_change_restarts_exactly_once_and_serves_again(converged, session_lab, tiny_model):
+    host = session_lab.host(HOST)
+    since = int(time.time())
+    changed = phase2(session_lab, tiny_model, "-e", "vllm_max_model_len=256")
+    try:
+        assert changed.returncode == 0, changed.output[-3000:]
+        starts = host.run(f"journalctl -u vllm.service --since @{since} -o cat | grep -c '^Started vllm.service'")
+        assert starts.stdout.strip() == "1"
+        assert "--max-model-len 256" in host.run("systemctl show -p ExecStart vllm.service").stdout
+        assert chat(host, with_key=True) == ITALIAN
+    finally:
+        restored = phase2(session_lab, tiny_model)
+    assert restored.returncode == 0, restored.output[-3000:]
+
+
+def test_a_public_bind_without_a_key_is_refused_before_anything_changes(converged, session_lab, tiny_model):
+    host = session_lab.host(HOST)
+    before = invocation(host)
+    env_before = host.file("/etc/vllm/vllm.env").sha256sum
+    run = session_lab.playbook(
+        "--tags", "phase2", "--limit", HOST, "-e", "vllm_host=0.0.0.0", env={"LAB_MODEL_DIR": str(tiny_model)}
+    )
+    assert run.returncode != 0
+    assert f"{HOST}: vllm_host=0.0.0.0 without vllm_api_key" in run.output
+    assert run.recap[HOST]["changed"] == 0
+    assert invocation(host) == before
+    assert host.file("/etc/vllm/vllm.env").sha256sum == env_before

@@ -31,7 +31,7 @@ lab: deps venv ## Boot lab hosts, converge them with playbooks/site.yml, verify 
 	LAB_MODEL_DIR=$$(python tests/models/tiny_model_cache.py) ansible-playbook -i inventory/lab playbooks/site.yml
 	pytest tests/verify --hosts='ansible://llm_servers' --ansible-inventory=inventory/lab -p no:cacheprovider
 	scripts/lab status
-	@echo "lab is up; converge again: ansible-playbook playbooks/site.yml; tear down: make lab-down"
+	@echo "lab is up; converge again: make lab; tear down: make lab-down"
 
 lab-down: ## Stop the lab hosts and remove everything the lab left on this machine
 	scripts/lab down

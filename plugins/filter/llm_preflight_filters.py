@@ -8,22 +8,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
 from ansible.errors import AnsibleFilterError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
 
-from llm_catalog import CATALOG_DIR, load_models, load_serving
+from llm_catalog import load_gates, load_models, load_serving
 from llm_preflight import evaluate
 
 DOCUMENTATION = """
 name: llm_preflight_filters
 short_description: Preflight verdicts per check and per phase for one host
 """
-
-
-def load_gates(path: Path | None = None) -> dict:
-    return yaml.safe_load((path or CATALOG_DIR / "gates.yml").read_text())
 
 
 def preflight_report(gpu, probes, system, settings, host):

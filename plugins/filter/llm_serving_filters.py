@@ -18,7 +18,7 @@ from ansible.utils.display import Display
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
 
 from llm_catalog import check_checkpoint, get_model, load_models, load_serving, resolve_ollama_tag
-from llm_planner import PlanError, PlanRequest, plan
+from llm_planner import PlanError, plan, request_for_gpus
 
 DOCUMENTATION = """
 name: llm_serving_filters
@@ -44,16 +44,10 @@ def serving_plan(
         entry = get_model(models, model)
         if repo:
             check_checkpoint(models, model, fmt, repo)
-        request = PlanRequest(
-            model=model,
-            fmt=fmt,
-            gpus=len(gpus),
-            gpu_mem_mib=min(int(gpu["memory_total_mib"]) for gpu in gpus),
-            compute_cap=min(
-                (str(gpu["compute_cap"]) for gpu in gpus if gpu.get("compute_cap")),
-                key=lambda cc: tuple(int(part) for part in cc.split(".")),
-                default=None,
-            ),
+        request = request_for_gpus(
+            model,
+            fmt,
+            gpus,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             concurrency=concurrency,

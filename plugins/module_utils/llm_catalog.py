@@ -30,6 +30,10 @@ def load_serving(path: Path | None = None) -> dict:
     return yaml.safe_load((path or CATALOG_DIR / "serving.yml").read_text())
 
 
+def load_gates(path: Path | None = None) -> dict:
+    return yaml.safe_load((path or CATALOG_DIR / "gates.yml").read_text())
+
+
 def get_model(models: dict, key: str) -> dict:
     if key not in models:
         raise PlanError(f"--model {key!r} is not in the catalog; expected one of: {', '.join(sorted(models))}")

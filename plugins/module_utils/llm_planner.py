@@ -53,6 +53,25 @@ def parse_compute_cap(value: str | None) -> tuple[int, int] | None:
     return int(major), int(minor)
 
 
+def lowest_compute_cap(gpus: list[dict]) -> str | None:
+    """The oldest compute capability among a host's GPUs ('8.6'), or None when none is known."""
+    caps = [str(gpu["compute_cap"]) for gpu in gpus if gpu.get("compute_cap")]
+    return min(caps, key=parse_compute_cap, default=None)
+
+
+def request_for_gpus(model: str, fmt: str, gpus: list[dict], **options) -> PlanRequest:
+    """A plan request for a host's GPUs (dicts with memory_total_mib and compute_cap): a mixed
+    set is planned on its smallest and oldest GPU."""
+    return PlanRequest(
+        model=model,
+        fmt=fmt,
+        gpus=len(gpus),
+        gpu_mem_mib=min(int(gpu["memory_total_mib"]) for gpu in gpus),
+        compute_cap=lowest_compute_cap(gpus),
+        **options,
+    )
+
+
 def _cc_text(cc: tuple[int, int]) -> str:
     return f"{cc[0]}.{cc[1]}"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from llm_gpu import version_tuple
-from llm_planner import PlanError, PlanRequest, plan
+from llm_planner import PlanError, lowest_compute_cap, plan, request_for_gpus
 
 PHASES = ("phase1", "phase2")
 MIB = 2**20
@@ -245,8 +245,7 @@ def _gpu_checks(report: Report, gpu: dict, settings: dict, gates: dict, models: 
         f"driver {table[baseline]} or newer (CUDA {baseline})",
         f"upgrade the NVIDIA driver to {table[baseline]} or newer",
     )
-    caps = [g["compute_cap"] for g in gpus if g.get("compute_cap")]
-    lowest_cc = min(caps, key=version_tuple) if caps else None
+    lowest_cc = lowest_compute_cap(gpus)
     mig = [str(g["index"]) for g in gpus if g.get("mig_mode") == "Enabled"]
     report.add(
         "MIG",
@@ -355,12 +354,10 @@ def _vllm_checks(report, gpu, settings, gates, models, serving, lowest_cc, measu
     )
     try:
         result = plan(
-            PlanRequest(
-                model=settings["model"],
-                fmt=settings["vllm_format"],
-                gpus=len(gpu["gpus"]),
-                gpu_mem_mib=min(g["memory_total_mib"] for g in gpu["gpus"]),
-                compute_cap=lowest_cc,
+            request_for_gpus(
+                settings["model"],
+                settings["vllm_format"],
+                gpu["gpus"],
                 max_model_len=settings.get("vllm_max_model_len"),
                 gpu_memory_utilization=settings.get("vllm_gpu_memory_utilization"),
                 concurrency=settings.get("vllm_concurrency"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+from lablib.core import COMMENT_PREFIX, bridge_name
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_SCRIPT = REPO / "scripts" / "lab"
@@ -93,12 +94,12 @@ def leftovers(name: str) -> list[str]:
     found += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob("payload")]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     found += [f"interface {line.split(':')[1].strip()}" for line in links.splitlines() if f": vb-{name}" in line]
-    bridge = f"llmlab-{name}"[:15]
+    bridge = bridge_name(name)
     if subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode == 0:
         found.append(f"bridge {bridge}")
     for table in ("nat", "filter"):
         rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True, check=True)
-        found += [f"rule {rule}" for rule in rules.stdout.splitlines() if f"llm-lab:{name}" in rule]
+        found += [f"rule {rule}" for rule in rules.stdout.splitlines() if f"{COMMENT_PREFIX}{name}" in rule]
     return found
 
 

@@ -1,13 +1,12 @@
 """Preflight verdicts (plugins/module_utils/llm_preflight.py): every gate, its boundary and its fix."""
 
 import pytest
-import yaml
-from llm_catalog import CATALOG_DIR, load_models, load_serving
+from llm_catalog import load_gates, load_models, load_serving
 from llm_gpu import collect
 from llm_preflight import evaluate, max_cuda_for_driver
 from test_gpu_facts import FakeFiles, stand_in
 
-GATES = yaml.safe_load((CATALOG_DIR / "gates.yml").read_text())
+GATES = load_gates()
 MODELS = load_models()
 SERVING = load_serving()
 SYSTEM = {

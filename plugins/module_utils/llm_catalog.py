@@ -51,6 +51,32 @@ def resolve_ollama_tag(models: dict, tag: str) -> tuple[str, str | None]:
     return tag, None
 
 
+def ollama_entry(models: dict, tag: str) -> dict:
+    """What the catalog knows of an Ollama tag: its model, download size, and the real tag to suggest.
+
+    Keys: key (catalog model or None), tag (the real tag), download_gb (None when unknown),
+    alias (True when the tag is one people write that does not exist), suggestions (real tags of
+    the same model name, for an error message).
+    """
+    name = tag.split(":", 1)[0]
+    suggestions = sorted(
+        entry["ollama"]["tag"]
+        for entry in models.values()
+        if entry.get("ollama") and entry["ollama"]["tag"].split(":", 1)[0] == name and entry["ollama"]["tag"] != tag
+    )
+    for key, entry in models.items():
+        ollama = entry.get("ollama") or {}
+        if tag == ollama.get("tag") or tag in (ollama.get("aliases") or []):
+            return {
+                "key": key,
+                "tag": ollama["tag"],
+                "download_gb": ollama.get("download_gb"),
+                "alias": tag != ollama["tag"],
+                "suggestions": [ollama["tag"]] if tag != ollama["tag"] else [],
+            }
+    return {"key": None, "tag": tag, "download_gb": None, "alias": False, "suggestions": suggestions}
+
+
 def check_checkpoint(models: dict, key: str, fmt: str, repo: str) -> str | None:
     """Refuse a checkpoint vLLM cannot serve as asked; return a note for repos outside the catalog."""
     entry = get_model(models, key)

@@ -27,7 +27,18 @@ from lablib.core import (
     validate_subnet,
 )
 
-HOST_PACKAGES = ["systemd-container", "debootstrap", "iptables", "iproute2", "openssh-client"]
+HOST_PACKAGES = [
+    "systemd-container",
+    "debootstrap",
+    "iptables",
+    "iproute2",
+    "openssh-client",
+    # The Ollama stand-in's depot: its engine venv is made with the system Python the hosts share,
+    # and its release archive is zstd-compressed and bundles libnuma.
+    "python3-venv",
+    "zstd",
+    "libnuma1",
+]
 PROFILES_FILE = system.STANDINS / "nvidia_smi" / "profiles.json"
 
 DESCRIPTION = """\

@@ -186,6 +186,7 @@ def nspawn_command(
     standins: Path,
     keep_unit: bool,
     wheels: Path | None = None,
+    venvs: Path | None = None,
 ) -> list[str]:
     """The systemd-nspawn command line that boots one node (see docs in scripts/lab)."""
     command = [
@@ -206,6 +207,10 @@ def nspawn_command(
     if wheels:
         # Local wheels pip cannot get from an index (the CPU build of torch) for pip inside the host.
         command.insert(-1, f"--bind-ro={wheels}:{LAB_WHEELS_MOUNT}")
+    if venvs:
+        # The lab's cached venvs at the same path (venvs are not relocatable): the Ollama
+        # stand-in starts its engine from there.
+        command.insert(-1, f"--bind-ro={venvs}:{venvs}")
     if keep_unit:
         command.insert(5, "--keep-unit")
     return command

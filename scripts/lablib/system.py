@@ -253,8 +253,18 @@ def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Pat
     cgroups = node_cgroups(node.name) if keep_unit else []
     for cgroup in cgroups:
         cgroup.mkdir(parents=True, exist_ok=True)
+    venvs = key.parents[1] / "venvs"
+    venvs.mkdir(parents=True, exist_ok=True)
     command = nspawn_command(
-        node, paths.root, spec.bridge, paths.network_file, key.with_suffix(".pub"), STANDINS, keep_unit, local_wheels()
+        node,
+        paths.root,
+        spec.bridge,
+        paths.network_file,
+        key.with_suffix(".pub"),
+        STANDINS,
+        keep_unit,
+        local_wheels(),
+        venvs,
     )
     env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
     with open(paths.console, "ab") as console:

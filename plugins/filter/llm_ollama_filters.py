@@ -1,0 +1,75 @@
+"""Filters for the ollama role (thin adapters over plugins/module_utils/llm_ollama.py).
+
+{{ ['mixtral', 'gemma2:2b'] | llm_ollama_names }}         ['mixtral:latest', 'gemma2:2b']
+{{ tags_answer | llm_ollama_digests }}                     {name: digest} from GET /api/tags
+{{ 'gemma2:2b' | llm_ollama_download_gb(overrides) }}      GB to download (override, catalog, else 0)
+{{ 'mixtral' | llm_ollama_progress(progress_json) }}        one line: percent and bytes of a pull
+{{ 'mixtral:8x7b' | llm_ollama_entry }}                    what the catalog knows of a tag
+{{ 'mixtral' | llm_ollama_manifest_path }}                 registry.ollama.ai/library/mixtral/latest
+{{ 3100000 | llm_ollama_bytes }}                           3.1 MB
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
+
+from llm_catalog import load_models, ollama_entry
+from llm_ollama import describe_progress, human_bytes, manifest_path, model_digests, normalize_name
+
+DOCUMENTATION = """
+name: llm_ollama_filters
+short_description: Ollama model names, digests, download sizes and pull progress
+"""
+
+
+def names(tags):
+    return [normalize_name(str(tag)) for tag in tags]
+
+
+def digests(tags_answer):
+    return model_digests(tags_answer if isinstance(tags_answer, dict) else {})
+
+
+def download_gb(tag, overrides=None):
+    overrides = overrides or {}
+    if tag in overrides:
+        return float(overrides[tag])
+    known = ollama_entry(load_models(), str(tag))
+    return float(known["download_gb"] or 0) if known["key"] else 0.0
+
+
+def progress(model, progress_json):
+    try:
+        data = json.loads(progress_json) if progress_json else {}
+    except ValueError:
+        data = {}
+    return describe_progress(str(model), data if isinstance(data, dict) else {})
+
+
+def manifest(tag):
+    return manifest_path(str(tag))
+
+
+def bytes_text(count):
+    return human_bytes(float(count))
+
+
+def entry(tag):
+    return ollama_entry(load_models(), str(tag))
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "llm_ollama_names": names,
+            "llm_ollama_digests": digests,
+            "llm_ollama_download_gb": download_gb,
+            "llm_ollama_progress": progress,
+            "llm_ollama_entry": entry,
+            "llm_ollama_manifest_path": manifest,
+            "llm_ollama_bytes": bytes_text,
+        }

@@ -1,0 +1,221 @@
+"""Phase 1 on lab hosts: the ollama role against the test-only Ollama stand-in.
+
+Stand-in coverage: no real Ollama binary can be had on a CI machine, so the role installs the
+Ollama stand-in (tests/standins/ollama) from the lab's depot, served on the lab bridge as a
+release archive with a sha256sum.txt, and pulls from the depot's registry. What is real: the
+role's download, checksum, unpack, version check and switch; the hardened systemd unit and its
+drop-in; Ollama's API shapes, NDJSON pull and error texts as the stand-in implements them; the
+model files pulled with their sha256 checked; and every generated token, which comes from
+vLLM's CPU build running the tiny test model. What is not: the Ollama binary itself, GGUF
+models and GPU residency (on the simulated-GPU host the stand-in reports the model in VRAM
+because nvidia-smi lists a GPU, as Ollama would).
+"""
+
+import json
+import sys
+
+import pytest
+from conftest import LAB_HOME, REPO
+
+sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
+
+import depot
+
+CPU_HOST = "itest3"
+GPU_HOST = "itest1"  # simulated 4x A100 40GB
+HOSTS = f"{GPU_HOST},{CPU_HOST}"
+MIXTRAL = "mixtral:8x7b-instruct-v0.1-q4_K_M"
+OLD, NEW = "0.32.15", "0.32.16"
+PORT = 8765
+CHAT = """python3 - <<'EOF'
+import json, urllib.request
+body = {"model": "%s", "messages": [{"role": "user", "content": "Ciao, come posso aiutarti?"}],
+        "stream": False, "options": {"temperature": 0}}
+request = urllib.request.Request("http://127.0.0.1:11434/api/chat", json.dumps(body).encode())
+print(json.load(urllib.request.urlopen(request, timeout=300))["message"]["content"].strip())
+EOF"""
+
+
+@pytest.fixture(scope="module")
+def depot_url(session_lab, tiny_model):
+    url = depot.lab_url(session_lab.name, PORT)
+    root = LAB_HOME / "depots" / session_lab.name
+    depot.build_lab_depot(root, url, [OLD, NEW])
+    server = depot.start_server(root, url)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def phase1(session_lab, depot_url, *args, limit=HOSTS):
+    return session_lab.playbook("--tags", "phase1", "--limit", limit, *args, env={"LAB_OLLAMA_DEPOT": depot_url})
+
+
+def api(host, path: str) -> dict:
+    return json.loads(host.run(f"curl -sf http://127.0.0.1:11434{path}").stdout or "{}")
+
+
+def invocation(host) -> str:
+    return host.run("systemctl show -p InvocationID --value ollama.service").stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def converged(session_lab, depot_url):
+    first = phase1(session_lab, depot_url)
+    assert first.returncode == 0, first.output[-4000:]
+    yield first
+    for name in (CPU_HOST, GPU_HOST):  # free the 2 cores for the tests after these
+        session_lab.host(name).run("systemctl stop ollama.service")
+
+
+def test_first_run_installs_pulls_and_warms_up(converged, session_lab):
+    for name in (CPU_HOST, GPU_HOST):
+        assert converged.recap[name]["changed"] > 0
+        host = session_lab.host(name)
+        assert host.service("ollama.service").is_enabled
+        assert host.service("ollama.service").is_running
+        assert api(host, "/api/version") == {"version": OLD}
+        names = {model["name"] for model in api(host, "/api/tags")["models"]}
+        assert {MIXTRAL, "gemma2:2b", "mixtral:latest"} <= names
+        assert MIXTRAL in {model["name"] for model in api(host, "/api/ps")["models"]}
+    assert "pull | Read the result of the pull" in converged.output
+
+
+def test_an_italian_chat_gets_an_italian_answer_from_the_model_and_its_alias(converged, session_lab):
+    host = session_lab.host(CPU_HOST)
+    for model in (MIXTRAL, "mixtral"):
+        answer = host.run(CHAT % model).stdout.strip()
+        assert "italiano" in answer, answer
+
+
+def test_the_model_is_in_gpu_memory_on_the_gpu_host_and_in_ram_on_the_cpu_host(converged, session_lab):
+    gpu = api(session_lab.host(GPU_HOST), "/api/ps")["models"][0]
+    cpu = api(session_lab.host(CPU_HOST), "/api/ps")["models"][0]
+    assert gpu["size_vram"] == gpu["size"] > 0
+    assert cpu["size_vram"] == 0
+
+
+def test_the_service_listens_on_loopback_only_and_carries_its_hardening(converged, session_lab):
+    for name in (CPU_HOST, GPU_HOST):
+        host = session_lab.host(name)
+        listeners = host.run("ss -Htln 'sport = :11434'").stdout.split()
+        assert "127.0.0.1:11434" in listeners
+        assert not [item for item in listeners if item.endswith(":11434") and item != "127.0.0.1:11434"]
+        unit = host.file("/etc/systemd/system/ollama.service").content_string
+        assert "NoNewPrivileges=true" in unit
+        assert "ExecStart=/opt/ollama/current/bin/ollama serve" in unit
+        dropin = host.file("/etc/systemd/system/ollama.service.d/toolkit.conf").content_string
+        for setting in ("OLLAMA_HOST=127.0.0.1:11434", "OLLAMA_NUM_PARALLEL=3", "OLLAMA_LOAD_TIMEOUT=15m"):
+            assert setting in dropin
+        assert host.run("systemd-analyze verify /etc/systemd/system/ollama.service").rc == 0
+        assert host.file("/var/lib/ollama/models").mode == 0o700
+    gpu_unit = session_lab.host(GPU_HOST).file("/etc/systemd/system/ollama.service").content_string
+    assert "DeviceAllow=char-nvidia-frontend rw" in gpu_unit
+    assert "ExecStartPre=/usr/bin/nvidia-smi -L" in gpu_unit
+    score = session_lab.host(CPU_HOST).run("systemd-analyze security --offline=true ollama.service | tail -1").stdout
+    assert float(score.split("exposure level for ollama.service:")[1].split()[0]) <= 2.5, score
+
+
+def test_second_run_changes_nothing_and_restarts_nothing(converged, session_lab, depot_url):
+    before = {name: invocation(session_lab.host(name)) for name in (CPU_HOST, GPU_HOST)}
+    second = phase1(session_lab, depot_url)
+    assert second.returncode == 0, second.output[-4000:]
+    assert second.recap[CPU_HOST]["changed"] == 0
+    assert second.recap[GPU_HOST]["changed"] == 0
+    assert {name: invocation(session_lab.host(name)) for name in (CPU_HOST, GPU_HOST)} == before
+
+
+def test_check_mode_on_the_converged_hosts_reports_no_change(converged, session_lab, depot_url):
+    check = phase1(session_lab, depot_url, "--check")
+    assert check.returncode == 0, check.output[-4000:]
+    assert check.recap[CPU_HOST]["changed"] == 0
+    assert check.recap[GPU_HOST]["changed"] == 0
+
+
+def test_a_wrong_checksum_fails_and_the_old_release_keeps_serving(converged, session_lab, depot_url):
+    host = session_lab.host(CPU_HOST)
+    before = invocation(host)
+    run = phase1(session_lab, depot_url, "-e", f"ollama_version={NEW}", "-e", f"ollama_archive_sha256={'0' * 64}")
+    assert run.returncode != 0
+    assert "did not match" in run.output
+    assert host.file("/opt/ollama/current").linked_to == f"/opt/ollama/releases/{OLD}"
+    assert not host.file(f"/opt/ollama/releases/{NEW}").exists
+    assert not host.file(f"/opt/ollama/downloads/{NEW}-ollama-linux-amd64.tar.zst").exists
+    assert invocation(host) == before
+    assert api(host, "/api/version") == {"version": OLD}
+
+
+def test_an_upgrade_switches_after_the_check_and_a_downgrade_switches_back(converged, session_lab, depot_url):
+    host = session_lab.host(CPU_HOST)
+    upgrade = phase1(session_lab, depot_url, "-e", f"ollama_version={NEW}", limit=CPU_HOST)
+    assert upgrade.returncode == 0, upgrade.output[-4000:]
+    assert api(host, "/api/version") == {"version": NEW}
+    assert host.file(f"/opt/ollama/releases/{OLD}/bin/ollama").exists
+    back = phase1(session_lab, depot_url, limit=CPU_HOST)
+    assert back.returncode == 0, back.output[-4000:]
+    assert api(host, "/api/version") == {"version": OLD}
+    assert "italiano" in host.run(CHAT % "mixtral").stdout
+
+
+def test_an_unknown_tag_fails_with_ollamas_error_and_the_catalogs_tag(converged, session_lab, depot_url):
+    run = phase1(session_lab, depot_url, "-e", '{"ollama_models": ["mixtral:8x7b-instruct-v0.1-q5_0"]}', limit=CPU_HOST)
+    assert run.returncode != 0
+    assert f"{CPU_HOST}: Ollama could not pull mixtral:8x7b-instruct-v0.1-q5_0" in run.output
+    assert "pull model manifest: file does not exist" in run.output
+    assert f"fix: use {MIXTRAL}, the catalog's tag" in run.output
+    blobs = session_lab.host(CPU_HOST).run("ls /var/lib/ollama/models/blobs").stdout
+    assert "partial" not in blobs
+
+
+def test_a_tag_the_catalog_knows_is_not_real_is_refused_before_any_change(converged, session_lab, depot_url):
+    run = phase1(session_lab, depot_url, "-e", '{"ollama_models": ["mixtral:8x7b-instruct-q4_K_M"]}', limit=CPU_HOST)
+    assert run.returncode != 0
+    assert f"fix: use {MIXTRAL}" in run.output
+    assert run.recap[CPU_HOST]["changed"] == 0
+
+
+def test_a_full_disk_is_refused_before_the_pull_and_changes_nothing(converged, session_lab, depot_url):
+    host = session_lab.host(CPU_HOST)
+    assert host.run("mkdir -p /srv/small && mount -t tmpfs -o size=2m tmpfs /srv/small").rc == 0
+    try:
+        run = phase1(
+            session_lab,
+            depot_url,
+            "-e",
+            "ollama_models_dir=/srv/small/models",
+            "-e",
+            "ollama_disk_margin_gb=0",
+            limit=CPU_HOST,
+        )
+        assert run.returncode != 0
+        assert f"{CPU_HOST}: 2.1 MB free under /srv/small/models; expected 20.0 MB" in run.output
+        assert run.recap[CPU_HOST]["changed"] == 0
+        assert not host.file("/srv/small/models").exists
+        assert "OLLAMA_MODELS=/var/lib/ollama/models" in host.file(
+            "/etc/systemd/system/ollama.service.d/toolkit.conf"
+        ).content_string
+    finally:
+        host.run("umount /srv/small")
+
+
+def test_a_public_bind_without_a_front_end_is_refused_before_any_change(converged, session_lab, depot_url):
+    run = phase1(session_lab, depot_url, "-e", "ollama_host=0.0.0.0", limit=CPU_HOST)
+    assert run.returncode != 0
+    assert f"{CPU_HOST}: ollama_host=0.0.0.0 without ollama_auth_front_end" in run.output
+    assert run.recap[CPU_HOST]["changed"] == 0
+    assert "127.0.0.1:11434" in session_lab.host(CPU_HOST).run("ss -Htln 'sport = :11434'").stdout
+
+
+def test_pruning_is_opt_in_and_removes_what_is_no_longer_wanted(converged, session_lab, depot_url):
+    host = session_lab.host(CPU_HOST)
+    keep_only = ["-e", f'{{"ollama_models": ["{MIXTRAL}"]}}']
+    kept = phase1(session_lab, depot_url, *keep_only, limit=CPU_HOST)
+    assert kept.returncode == 0, kept.output[-3000:]
+    assert "gemma2:2b" in {model["name"] for model in api(host, "/api/tags")["models"]}
+    pruned = phase1(session_lab, depot_url, *keep_only, "-e", "ollama_prune_models=true", limit=CPU_HOST)
+    assert pruned.returncode == 0, pruned.output[-3000:]
+    names = {model["name"] for model in api(host, "/api/tags")["models"]}
+    assert names == {MIXTRAL, "mixtral:latest"}
+    restored = phase1(session_lab, depot_url, limit=CPU_HOST)
+    assert restored.returncode == 0, restored.output[-3000:]
+    assert "gemma2:2b" in {model["name"] for model in api(host, "/api/tags")["models"]}

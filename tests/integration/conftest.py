@@ -36,6 +36,18 @@ os.environ["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
 SESSION_LAB = "itest"
 SESSION_PROFILES = {"itest1": "4x-A100-40GB", "itest2": "8x-H100-80GB", "itest3": "none"}
 
+# The session lab's hosts are shared, so the modules run in this order: test_site needs fresh
+# hosts, and the phase tests converge some hosts further. Modules not listed run first.
+MODULE_ORDER = ["test_preflight", "test_site", "test_ollama", "test_vllm"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return MODULE_ORDER.index(name) + 1 if name in MODULE_ORDER else 0
+
+    items.sort(key=rank)  # stable: the order within a module is kept
+
 
 def lab_unavailable_reason() -> str | None:
     if os.geteuid() != 0:

@@ -191,9 +191,10 @@ def test_a_full_disk_is_refused_before_the_pull_and_changes_nothing(converged, s
         assert f"{CPU_HOST}: 2.1 MB free under /srv/small/models; expected 20.0 MB" in run.output
         assert run.recap[CPU_HOST]["changed"] == 0
         assert not host.file("/srv/small/models").exists
-        assert "OLLAMA_MODELS=/var/lib/ollama/models" in host.file(
-            "/etc/systemd/system/ollama.service.d/toolkit.conf"
-        ).content_string
+        assert (
+            "OLLAMA_MODELS=/var/lib/ollama/models"
+            in host.file("/etc/systemd/system/ollama.service.d/toolkit.conf").content_string
+        )
     finally:
         host.run("umount /srv/small")
 

@@ -1,0 +1,270 @@
+"""The Ollama stand-in's registry side and the ollama_pull module, on this machine (no lab host).
+
+Stand-in coverage: the stand-in implements Ollama's API slice (shared/reference/cpu-engines.md §4.2);
+these tests hold it to Ollama's response shapes, NDJSON pull statuses, error texts and on-disk
+layout, and run the role's ollama_pull module against it. Generation needs the stand-in's engine
+(vLLM CPU) and is tested in the lab (tests/integration/test_ollama.py).
+"""
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
+
+import depot  # noqa: E402
+
+TAG = "mixtral:8x7b-instruct-v0.1-q4_K_M"
+VERSION = "0.32.15"
+ANSIBLE = str(Path(sys.executable).parent / "ansible")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """Stand-in model files: the registry only needs files with real sizes and digests."""
+    model = tmp_path_factory.mktemp("model")
+    (model / "model.safetensors").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (model / "config.json").write_text('{"architectures": ["MixtralForCausalLM"]}')
+    (model / "tokenizer.json").write_text("{}")
+    return model
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, model_dir):
+    root = tmp_path_factory.mktemp("depot")
+    url = f"http://127.0.0.1:{free_port()}"
+    archive = depot.write_release(root, VERSION, url, "/nonexistent-runner-venv")
+    depot.write_model(root, TAG, model_dir, "mixtral")
+    server = depot.start_server(root, url)
+    yield root, url, archive
+    server.shutdown()
+    server.server_close()
+
+
+def start_standin(archive: Path, where: Path):
+    install = where / "install"
+    install.mkdir()
+    subprocess.run(["tar", "--extract", f"--file={archive}", f"--directory={install}"], check=True)
+    port = free_port()
+    env = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{port}", OLLAMA_MODELS=str(where / "models"))
+    process = subprocess.Popen(
+        [str(install / "bin" / "ollama"), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(base, timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return process, base, install
+
+
+@pytest.fixture
+def ollama(tmp_path, registry):
+    """A stand-in server unpacked from the release archive, with an empty model directory."""
+    process, base, install = start_standin(registry[2], tmp_path)
+    yield base, tmp_path / "models", install
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def call(base: str, path: str, body: dict | None = None, method: str | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    response = requests.request(method or ("POST" if data else "GET"), base + path, data=data, timeout=30)
+    return response.status_code, response.content
+
+
+def lines(raw: bytes) -> list[dict]:
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def test_the_release_archive_is_laid_out_like_ollamas_and_its_checksum_file_matches(registry):
+    root, _, archive = registry
+    raw = subprocess.run(["zstd", "-dc", str(archive)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as release:
+        names = set(release.getnames())
+    assert {"bin/ollama", "lib/ollama/ollama_standin.py", "lib/ollama/standin.json"} <= names
+    sums = (archive.parent / "sha256sum.txt").read_text().split()
+    assert sums == [hashlib.sha256(archive.read_bytes()).hexdigest(), "./ollama-linux-amd64.tar.zst"]
+    manifest = json.loads((root / "v2/library/mixtral/manifests/8x7b-instruct-v0.1-q4_K_M").read_text())
+    for layer in [manifest["config"], *manifest["layers"]]:
+        blob = root / "v2/library/mixtral/blobs" / layer["digest"]
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == layer["digest"].split(":")[1]
+        assert blob.stat().st_size == layer["size"]
+
+
+def test_version_without_a_server_reports_the_client_version_like_ollama(ollama):
+    _, _, install = ollama
+    result = subprocess.run(
+        [str(install / "bin" / "ollama"), "--version"],
+        env=dict(os.environ, OLLAMA_HOST="127.0.0.1:9"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == [
+        "Warning: could not connect to a running Ollama instance",
+        f"Warning: client version is {VERSION}",
+    ]
+
+
+def test_liveness_and_version_answer_like_ollama(ollama):
+    base, _, _ = ollama
+    assert call(base, "/") == (200, b"Ollama is running")
+    assert call(base, "/", method="HEAD")[0] == 200
+    assert json.loads(call(base, "/api/version")[1]) == {"version": VERSION}
+    assert json.loads(call(base, "/api/tags")[1]) == {"models": []}
+
+
+def test_a_pull_streams_ollamas_statuses_and_stores_blobs_and_manifest(ollama, model_dir):
+    base, models, _ = ollama
+    status, raw = call(base, "/api/pull", {"model": TAG})
+    assert status == 200
+    events = lines(raw)
+    statuses = [event["status"] for event in events]
+    assert statuses[0] == "pulling manifest"
+    assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    layer = [event for event in events if event.get("digest") and event.get("total") == 3 * 1024 * 1024 + 17]
+    assert layer[-1]["completed"] == layer[-1]["total"]
+    assert layer[0]["status"] == "pulling " + layer[0]["digest"].split(":")[1][:12]
+    digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert (models / "blobs" / f"sha256-{digest}").is_file()
+    manifest = models / "manifests/registry.ollama.ai/library/mixtral/8x7b-instruct-v0.1-q4_K_M"
+    listed = json.loads(call(base, "/api/tags")[1])["models"]
+    assert [(m["name"], m["digest"]) for m in listed] == [(TAG, hashlib.sha256(manifest.read_bytes()).hexdigest())]
+    assert listed[0]["details"]["family"] == "mixtral"
+    assert json.loads(call(base, "/api/pull", {"model": TAG, "stream": False})[1]) == {"status": "success"}
+
+
+def test_an_unknown_tag_fails_with_ollamas_error_streamed_or_not(ollama):
+    base, _, _ = ollama
+    status, raw = call(base, "/api/pull", {"model": "mixtral:nope"})
+    assert status == 200
+    assert lines(raw)[-1] == {"error": "pull model manifest: file does not exist"}
+    status, raw = call(base, "/api/pull", {"model": "mixtral:nope", "stream": False})
+    assert (status, json.loads(raw)) == (500, {"error": "pull model manifest: file does not exist"})
+
+
+def test_a_corrupt_blob_fails_the_digest_check_and_leaves_nothing(ollama, registry):
+    base, models, _ = ollama
+    root, _, _ = registry
+    manifest_file = root / "v2/library/mixtral/manifests/8x7b-instruct-v0.1-q4_K_M"
+    manifest = json.loads(manifest_file.read_text())
+    blob = root / "v2/library/mixtral/blobs" / manifest["layers"][0]["digest"]
+    original = blob.read_bytes()
+    blob.write_bytes(b"x" + original[1:])
+    try:
+        event = lines(call(base, "/api/pull", {"model": TAG})[1])[-1]
+    finally:
+        blob.write_bytes(original)
+    assert event["error"].startswith("digest mismatch, file must be downloaded again")
+    assert not [path.name for path in (models / "blobs").iterdir() if "partial" in path.name]
+    assert json.loads(call(base, "/api/tags")[1]) == {"models": []}
+
+
+def test_a_manifest_with_a_path_in_its_digest_is_refused(ollama, registry):
+    base, models, _ = ollama
+    root, _, _ = registry
+    evil = root / "v2/library/evil/manifests"
+    evil.mkdir(parents=True, exist_ok=True)
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:../../../../etc/x", "size": 1}
+    (evil / "latest").write_text(json.dumps({"config": layer, "layers": [layer]}))
+    event = lines(call(base, "/api/pull", {"model": "evil"})[1])[-1]
+    assert event["error"].startswith("invalid digest format")
+    assert not (models / "manifests/registry.ollama.ai/library/evil").exists()
+
+
+def test_copy_show_delete_and_unknown_models(ollama):
+    base, models, _ = ollama
+    call(base, "/api/pull", {"model": TAG})
+    assert call(base, "/api/copy", {"source": TAG, "destination": "mixtral"})[0] == 200
+    names = {m["name"] for m in json.loads(call(base, "/api/tags")[1])["models"]}
+    assert names == {TAG, "mixtral:latest"}
+    assert json.loads(call(base, "/api/show", {"model": "mixtral"})[1])["details"]["family"] == "mixtral"
+    assert call(base, "/api/generate", {"model": "llama3:70b", "prompt": "hi"}) == (
+        404,
+        b'{"error": "model \'llama3:70b\' not found"}',
+    )
+    assert call(base, "/api/delete", {"model": TAG}, method="DELETE")[0] == 200
+    assert call(base, "/api/delete", {"model": TAG}, method="DELETE")[0] == 404
+    assert len(list((models / "blobs").iterdir())) > 0  # still used by the alias
+    assert call(base, "/api/delete", {"model": "mixtral"}, method="DELETE")[0] == 200
+    assert list((models / "blobs").iterdir()) == []
+
+
+def pull_module(args: str) -> tuple[int, dict]:
+    result = subprocess.run(
+        [ANSIBLE, "localhost", "-c", "local", "-m", "ollama_pull", "-a", args, "-o"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_INVENTORY_UNPARSED_WARNING="false"),
+        check=False,
+    )
+    payload = result.stdout.split("=>", 1)[1].strip() if "=>" in result.stdout else "{}"
+    return result.returncode, json.loads(payload)
+
+
+def test_the_pull_module_pulls_once_then_reports_no_change(ollama, tmp_path):
+    base, models, _ = ollama
+    progress = tmp_path / "progress.json"
+    rc, first = pull_module(f"name={TAG} url={base} models_dir={models} progress_file={progress}")
+    assert rc == 0, first
+    assert first["changed"] is True
+    assert first["progress"]["success"] is True
+    assert first["digest"] == json.loads(call(base, "/api/tags")[1])["models"][0]["digest"]
+    assert json.loads(progress.read_text())["percent"] == 100.0
+    rc, second = pull_module(f"name={TAG} url={base} models_dir={models}")
+    assert (rc, second["changed"]) == (0, False)
+
+
+def test_the_pull_module_fails_at_once_on_an_unknown_tag_and_removes_partials(ollama):
+    base, models, _ = ollama
+    (models / "blobs").mkdir(parents=True, exist_ok=True)
+    partial = models / "blobs" / ("sha256-" + "d" * 64 + "-partial")
+    partial.write_bytes(b"half")
+    rc, result = pull_module(f"name=mixtral:nope url={base} models_dir={models} retries=3 backoff=0")
+    assert rc != 0
+    assert result["unknown_tag"] is True
+    assert result["attempts"] == 1
+    assert result["msg"] == "unknown tag: pull model manifest: file does not exist"
+    assert result["removed_partials"] == [partial.name]
+    assert not partial.exists()
+
+
+def test_the_pull_module_retries_network_errors_then_reports_them(tmp_path):
+    rc, result = pull_module(f"name={TAG} url=http://127.0.0.1:{free_port()} models_dir={tmp_path}")
+    assert rc != 0
+    assert "cannot list the models of Ollama" in result["msg"]
+    # A server whose registry cannot be reached: a network error, retried, then reported.
+    dead_registry = f"http://127.0.0.1:{free_port()}"
+    archive = depot.write_release(tmp_path / "depot", VERSION, dead_registry, "/nonexistent-runner-venv")
+    process, base, _ = start_standin(archive, tmp_path)
+    try:
+        rc, result = pull_module(f"name={TAG} url={base} models_dir={tmp_path}/models retries=2 backoff=0")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert rc != 0
+    assert result["attempts"] == 3
+    assert result["unknown_tag"] is False
+    assert "Connection refused" in result["msg"]

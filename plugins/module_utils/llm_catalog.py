@@ -5,6 +5,7 @@ Runs on the controller (it reads YAML with PyYAML, which ansible-core depends on
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
@@ -56,14 +57,15 @@ def ollama_entry(models: dict, tag: str) -> dict:
 
     Keys: key (catalog model or None), tag (the real tag), download_gb (None when unknown),
     alias (True when the tag is one people write that does not exist), suggestions (real tags of
-    the same model name, for an error message).
+    the same model name, the closest first, for an error message).
     """
     name = tag.split(":", 1)[0]
-    suggestions = sorted(
+    same_name = [
         entry["ollama"]["tag"]
         for entry in models.values()
         if entry.get("ollama") and entry["ollama"]["tag"].split(":", 1)[0] == name and entry["ollama"]["tag"] != tag
-    )
+    ]
+    suggestions = difflib.get_close_matches(tag, same_name, n=len(same_name), cutoff=0)
     for key, entry in models.items():
         ollama = entry.get("ollama") or {}
         if tag == ollama.get("tag") or tag in (ollama.get("aliases") or []):

@@ -12,6 +12,7 @@ because nvidia-smi lists a GPU, as Ollama would).
 """
 
 import json
+import re
 import sys
 
 import pytest
@@ -37,14 +38,20 @@ EOF"""
 
 
 @pytest.fixture(scope="module")
-def depot_url(session_lab, tiny_model):
+def depot_server(session_lab, tiny_model):
     url = depot.lab_url(session_lab.name, PORT)
     root = LAB_HOME / "depots" / session_lab.name
     depot.build_lab_depot(root, url, [OLD, NEW])
     server = depot.start_server(root, url)
-    yield url
+    server.url = url
+    yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def depot_url(depot_server):
+    return depot_server.url
 
 
 def phase1(session_lab, depot_url, *args, limit=HOSTS):
@@ -162,7 +169,7 @@ def test_an_unknown_tag_fails_with_ollamas_error_and_the_catalogs_tag(converged,
     assert run.returncode != 0
     assert f"{CPU_HOST}: Ollama could not pull mixtral:8x7b-instruct-v0.1-q5_0" in run.output
     assert "pull model manifest: file does not exist" in run.output
-    assert f"fix: use {MIXTRAL}, the catalog's tag" in run.output
+    assert f"fix: use {MIXTRAL}, the catalog's closest tag" in run.output
     blobs = session_lab.host(CPU_HOST).run("ls /var/lib/ollama/models/blobs").stdout
     assert "partial" not in blobs
 
@@ -220,3 +227,27 @@ def test_pruning_is_opt_in_and_removes_what_is_no_longer_wanted(converged, sessi
     restored = phase1(session_lab, depot_url, limit=CPU_HOST)
     assert restored.returncode == 0, restored.output[-3000:]
     assert "gemma2:2b" in {model["name"] for model in api(host, "/api/tags")["models"]}
+
+
+def test_a_long_pull_reports_its_progress_in_percent_and_bytes(converged, session_lab, depot_server, depot_url):
+    host = session_lab.host(CPU_HOST)
+    host.run('curl -sf -X DELETE http://127.0.0.1:11434/api/delete -d \'{"model": "gemma2:2b"}\'')
+    depot_server.bytes_per_second = 1_000_000  # the 4.2 MB model now takes about 4 s
+    try:
+        run = phase1(session_lab, depot_url, "-e", "ollama_pull_poll_interval=1", limit=CPU_HOST)
+    finally:
+        depot_server.bytes_per_second = 0
+    assert run.returncode == 0, run.output[-3000:]
+    progress = r"gemma2:2b: \d+\.\d% \(\d+\.\d MB of 4\.2 MB\), pulling [0-9a-f]{12}"
+    assert re.search(progress, run.output), run.output[-3000:]
+    assert "gemma2:2b" in {model["name"] for model in api(host, "/api/tags")["models"]}
+
+
+def test_a_gpu_host_whose_model_loads_on_the_cpu_fails_the_warm_up(converged, session_lab, depot_url):
+    hide_gpus = ["-e", '{"ollama_extra_environment": {"CUDA_VISIBLE_DEVICES": "-1"}}']
+    run = phase1(session_lab, depot_url, *hide_gpus, limit=GPU_HOST)
+    assert run.returncode != 0
+    assert f"{GPU_HOST}: {MIXTRAL} loaded on the CPU (size_vram 0 in /api/ps); expected it in GPU memory" in run.output
+    repaired = phase1(session_lab, depot_url, limit=GPU_HOST)
+    assert repaired.returncode == 0, repaired.output[-3000:]
+    assert api(session_lab.host(GPU_HOST), "/api/ps")["models"][0]["size_vram"] > 0

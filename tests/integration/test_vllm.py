@@ -134,3 +134,41 @@ def test_a_public_bind_without_a_key_is_refused_before_anything_changes(converge
     assert run.recap[HOST]["changed"] == 0
     assert invocation(host) == before
     assert host.file("/etc/vllm/vllm.env").sha256sum == env_before
+
+
+def test_every_socket_of_the_service_is_on_loopback(converged, session_lab):
+    """vLLM binds its workers' gloo sockets to the host's address unless VLLM_HOST_IP says otherwise."""
+    listeners = session_lab.host(HOST).run("ss -Htlnp").stdout.splitlines()
+    ours = [line for line in listeners if "vllm" in line.lower()]
+    assert len(ours) > 1, listeners
+    assert all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
+
+
+def test_a_max_model_len_over_the_models_context_is_refused_before_anything_changes(converged, session_lab, tiny_model):
+    host = session_lab.host(HOST)
+    before = invocation(host)
+    run = phase2(session_lab, tiny_model, "-e", "vllm_max_model_len=4096")
+    assert run.returncode != 0
+    assert f"{HOST}: vllm_max_model_len=4096; expected at most 2048, the context of the model" in run.output
+    assert run.recap[HOST]["changed"] == 0
+    assert invocation(host) == before
+
+
+def test_a_failing_start_stops_at_the_start_limit_and_reports_the_journal(converged, session_lab, tiny_model):
+    host = session_lab.host(HOST)
+    broken = phase2(
+        session_lab, tiny_model, "-e", '{"vllm_extra_args": ["--no-such-flag"]}', "-e", "vllm_ready_timeout=150"
+    )
+    try:
+        assert broken.returncode != 0
+        assert f"{HOST}: vllm.service did not serve mixtral within 150 s; last journal lines:" in broken.output
+        assert "unrecognized arguments: --no-such-flag" in broken.output
+        state = host.run("systemctl show -p ActiveState -p Result -p NRestarts vllm.service").stdout
+        assert "ActiveState=failed" in state, state
+        assert "Result=start-limit-hit" in state or "NRestarts=4" in state, state
+        time.sleep(15)  # longer than RestartSec: a looping unit would have started again
+        assert host.run("systemctl show -p ActiveState --value vllm.service").stdout.strip() == "failed"
+    finally:
+        restored = phase2(session_lab, tiny_model)
+    assert restored.returncode == 0, restored.output[-3000:]
+    assert chat(host, with_key=True) == ITALIAN

@@ -163,7 +163,8 @@ def test_catalog_entry_names_the_real_tag_for_an_alias_and_suggests_for_unknown_
     assert real["key"] == "mixtral-8x7b-instruct"
     unknown = entry("mixtral:8x7b-instruct-v0.1-q5_0")
     assert unknown["key"] is None
-    assert "mixtral:8x7b-instruct-v0.1-q4_K_M" in unknown["suggestions"]
+    assert unknown["suggestions"][0] == "mixtral:8x7b-instruct-v0.1-q4_K_M"
+    assert "mixtral:8x22b-instruct-v0.1-q4_K_M" in unknown["suggestions"]
 
 
 def test_filter_progress_reads_the_progress_file_text():

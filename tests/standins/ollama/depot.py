@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -183,9 +184,21 @@ def lab_url(lab: str = "lab", port: int = DEFAULT_PORT) -> str:
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    """Serves files; `server.bytes_per_second` (0: no limit) slows downloads like a far registry."""
+
     def log_message(self, format: str, *args: object) -> None:
         if os.environ.get("DEPOT_VERBOSE"):
             super().log_message(format, *args)
+
+    def copyfile(self, source, outputfile) -> None:
+        rate = getattr(self.server, "bytes_per_second", 0)
+        if not rate:
+            super().copyfile(source, outputfile)
+            return
+        chunk = max(1, rate // 10)
+        while block := source.read(chunk):
+            outputfile.write(block)
+            time.sleep(len(block) / rate)
 
 
 def start_server(root: Path, url: str) -> http.server.ThreadingHTTPServer:
@@ -194,6 +207,7 @@ def start_server(root: Path, url: str) -> http.server.ThreadingHTTPServer:
     handler = functools.partial(_Quiet, directory=str(root))
     http.server.ThreadingHTTPServer.allow_reuse_address = True
     httpd = http.server.ThreadingHTTPServer((host, int(port)), handler)
+    httpd.bytes_per_second = 0
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd
 

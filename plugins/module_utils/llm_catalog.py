@@ -65,7 +65,7 @@ def ollama_entry(models: dict, tag: str) -> dict:
         for entry in models.values()
         if entry.get("ollama") and entry["ollama"]["tag"].split(":", 1)[0] == name and entry["ollama"]["tag"] != tag
     ]
-    suggestions = difflib.get_close_matches(tag, same_name, n=len(same_name), cutoff=0)
+    suggestions = difflib.get_close_matches(tag, same_name, n=max(1, len(same_name)), cutoff=0)
     for key, entry in models.items():
         ollama = entry.get("ollama") or {}
         if tag == ollama.get("tag") or tag in (ollama.get("aliases") or []):

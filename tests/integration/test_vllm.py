@@ -1,11 +1,24 @@
 """Phase 2 on a CPU lab host: the real vLLM CPU build, as a hardened systemd service, serving the tiny model."""
 
+import json
+import sys
 import time
+from urllib.parse import urlsplit
 
 import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
+sys.path.insert(0, str(REPO / "tests" / "standins" / "hf_hub"))
+
+import depot
+import hf_hub_standin
 
 HOST = "itest3"  # the session lab's CPU host
 CANARY = "canary-key-7f3a9c"
+HF_CANARY = "hf_canary_3b9d1e"
+HF_REPO = "toolkit-tests/tiny-mixtral"
+HUB_PORT = 8766
 ITALIAN = "Ciao! Sono un piccolo modello di prova. Posso rispondere in italiano."
 CHAT = """python3 - <<'EOF'
 import json, urllib.request, urllib.error
@@ -172,3 +185,54 @@ def test_a_failing_start_stops_at_the_start_limit_and_reports_the_journal(conver
         restored = phase2(session_lab, tiny_model)
     assert restored.returncode == 0, restored.output[-3000:]
     assert chat(host, with_key=True) == ITALIAN
+
+
+@pytest.fixture(scope="module")
+def hub(session_lab, tiny_model):
+    """The Hugging Face Hub stand-in on the lab bridge, serving the tiny model as a gated repository."""
+    address = urlsplit(depot.lab_url(session_lab.name, HUB_PORT))
+    server = hf_hub_standin.start(
+        (address.hostname, address.port), [hf_hub_standin.Repo(HF_REPO, tiny_model, HF_CANARY)]
+    )
+    server.url = f"http://{address.hostname}:{address.port}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_pinned_hugging_face_snapshot_is_downloaded_retried_and_served(converged, session_lab, tiny_model, hub):
+    """Stand-in coverage: tests/standins/hf_hub answers for the Hub (no Hub on CI machines)."""
+    host = session_lab.host(HOST)
+    source = {
+        "vllm_model_source": "huggingface",
+        "vllm_hf_repo": HF_REPO,
+        "vllm_hf_revision": hub.repos[HF_REPO].commit,
+        "vllm_hf_endpoint": hub.url,
+    }
+    hub.faults = [429, 503]
+    try:
+        run = phase2(session_lab, tiny_model, "-e", json.dumps({**source, "vllm_hf_token": HF_CANARY}))
+        assert run.returncode == 0, run.output[-3000:]
+        assert hub.faults == []
+        assert HF_CANARY not in run.output
+        assert (
+            f"/var/lib/vllm/models/{HF_REPO.replace('/', '--')}"
+            in host.run("systemctl show -p ExecStart vllm.service").stdout
+        )
+        assert chat(host, with_key=True) == ITALIAN
+        marker = json.loads(host.file(f"/var/lib/vllm/models/{HF_REPO.replace('/', '--')}/.hf_snapshot.json").content)
+        assert marker["commit"] == hub.repos[HF_REPO].commit
+        for pid in host.run("pgrep -u vllm").stdout.split():
+            assert HF_CANARY not in host.run(f"tr '\\0' ' ' < /proc/{pid}/cmdline; cat /proc/{pid}/environ").stdout
+        assert HF_CANARY not in host.file("/etc/vllm/vllm.env").content_string
+
+        before = invocation(host)
+        refused = phase2(session_lab, tiny_model, "-e", json.dumps(source))
+        assert refused.returncode != 0
+        assert f"{HOST}: Hugging Face download failed: {HF_REPO}@" in refused.output
+        assert "401 Unauthorized (no token was sent)" in refused.output
+        assert refused.recap[HOST]["changed"] == 0
+        assert invocation(host) == before
+    finally:
+        restored = phase2(session_lab, tiny_model)
+    assert restored.returncode == 0, restored.output[-3000:]

@@ -6,7 +6,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO
+from conftest import REPO, lab
 
 sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
 sys.path.insert(0, str(REPO / "tests" / "standins" / "hf_hub"))
@@ -236,3 +236,24 @@ def test_a_pinned_hugging_face_snapshot_is_downloaded_retried_and_served(converg
     finally:
         restored = phase2(session_lab, tiny_model)
     assert restored.returncode == 0, restored.output[-3000:]
+
+
+def test_a_simulated_two_gpu_host_gets_tp2_from_the_planner_and_runs_two_cpu_workers(
+    converged, session_lab, tiny_model
+):
+    """The multi-GPU path on the CPU build: the planner's TP for two simulated 6 GB GPUs, two real CPU workers."""
+    host = session_lab.host(HOST)
+    lab(session_lab.name, "gpu", HOST, "2x-A2000-6GB")
+    try:
+        run = phase2(session_lab, tiny_model, "-e", "vllm_cpu_simulates_gpus=true")
+        assert run.returncode == 0, run.output[-3000:]
+        assert "--tensor-parallel-size 2" in host.run("systemctl show -p ExecStart vllm.service").stdout
+        assert "VLLM_CPU_OMP_THREADS_BIND=0|1" in host.file("/etc/vllm/vllm.env").content_string
+        workers = host.run("ps -u vllm -o comm=").stdout.split()
+        assert len([name for name in workers if name.startswith("VLLM::Worker_TP")]) == 2, workers
+        assert chat(host, with_key=True) == ITALIAN
+    finally:
+        lab(session_lab.name, "gpu", HOST, "none")
+        restored = phase2(session_lab, tiny_model)
+    assert restored.returncode == 0, restored.output[-3000:]
+    assert "--tensor-parallel-size" not in host.run("systemctl show -p ExecStart vllm.service").stdout

@@ -18,7 +18,7 @@ from ansible.utils.display import Display
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
 
 from llm_catalog import check_checkpoint, get_model, load_models, load_serving, resolve_ollama_tag
-from llm_planner import PlanError, plan, request_for_gpus
+from llm_planner import PlanError, plan, plan_with_tensor_parallel, request_for_gpus
 
 DOCUMENTATION = """
 name: llm_serving_filters
@@ -35,8 +35,15 @@ def serving_plan(
     concurrency=None,
     kv_cache_dtype=None,
     repo=None,
+    tensor_parallel_size=None,
+    errors="strict",
 ):
-    """Plan for the host's GPUs; a mixed set is planned on its smallest and oldest GPU."""
+    """Plan for the host's GPUs; a mixed set is planned on its smallest and oldest GPU.
+
+    tensor_parallel_size: an operator's choice, accepted only when vLLM would accept it and it fits.
+    errors: "strict" raises on a request the planner refuses; "return" gives {"error": message} instead,
+    for a role's input check to report in its own words.
+    """
     if not isinstance(gpus, list) or not gpus:
         raise AnsibleFilterError(f"llm_serving_plan: expected a non-empty list of GPUs, got {gpus!r}")
     try:
@@ -53,8 +60,12 @@ def serving_plan(
             concurrency=concurrency,
             kv_cache_dtype=kv_cache_dtype,
         )
+        if tensor_parallel_size not in (None, ""):
+            return plan_with_tensor_parallel(request, entry, load_serving(), int(tensor_parallel_size))
         return plan(request, entry, load_serving())
     except (PlanError, KeyError, ValueError) as error:
+        if errors == "return":
+            return {"error": str(error)}
         raise AnsibleFilterError(f"llm_serving_plan: {error}") from None
 
 

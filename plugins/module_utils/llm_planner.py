@@ -347,6 +347,36 @@ def plan(request: PlanRequest, entry: dict, serving: dict) -> dict:
     }
 
 
+def plan_with_tensor_parallel(request: PlanRequest, entry: dict, serving: dict, tp: int) -> dict:
+    """The plan with an operator's tensor-parallel size, when vLLM accepts it and it fits; PlanError otherwise."""
+    chosen = plan(request, entry, serving)
+    if tp == chosen["tensor_parallel_size"]:
+        return chosen
+    inputs = validate(request, entry, serving)
+    result = _evaluate(entry, inputs, serving)
+    where = f"tensor-parallel size {tp} for {inputs.model} ({inputs.fmt}) on {inputs.gpus} GPU(s)"
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise PlanError(f"tensor-parallel size {tp!r} is not a positive integer")
+    reason = result["blocker"] or tp_invalid_reason(
+        entry["architecture"], entry["formats"][inputs.fmt], inputs.fmt, tp, inputs.gpus
+    )
+    if reason:
+        raise PlanError(f"{where} is not valid: {reason}; the planner's choice is {chosen['tensor_parallel_size']}")
+    budget = memory_budget(entry, inputs, tp, result["dtype"], serving)
+    if budget["headroom"] < 0:
+        raise PlanError(f"{where} does not fit: {_no_fit_reason(budget, inputs)}")
+    note = f"tensor-parallel size {tp} set by the operator (the planner would pick {chosen['tensor_parallel_size']})"
+    return {
+        **chosen,
+        "fits": True,
+        "tensor_parallel_size": tp,
+        "per_gpu_mib": budget,
+        "vllm_args": vllm_args(inputs, tp, result["dtype"], inputs.compute_cap, serving),
+        "suggestions": [],
+        "notes": [*chosen["notes"], note],
+    }
+
+
 def _fits_with(entry: dict, inputs: _Inputs, serving: dict, **changes) -> int | None:
     return _evaluate(entry, _replace(inputs, **changes), serving)["chosen"]
 

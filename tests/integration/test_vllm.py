@@ -245,6 +245,16 @@ def test_a_simulated_two_gpu_host_gets_tp2_from_the_planner_and_runs_two_cpu_wor
     host = session_lab.host(HOST)
     lab(session_lab.name, "gpu", HOST, "2x-A2000-6GB")
     try:
+        before = invocation(host)
+        refused = phase2(
+            session_lab, tiny_model, "-e", "vllm_cpu_simulates_gpus=true", "-e", "vllm_tensor_parallel_size=3"
+        )
+        assert refused.returncode != 0
+        assert (
+            f"{HOST}: tensor-parallel size 3 for mistral-7b-instruct (awq) on 2 GPU(s) is not valid" in refused.output
+        )
+        assert refused.recap[HOST]["changed"] == 0
+        assert invocation(host) == before
         run = phase2(session_lab, tiny_model, "-e", "vllm_cpu_simulates_gpus=true")
         assert run.returncode == 0, run.output[-3000:]
         assert "--tensor-parallel-size 2" in host.run("systemctl show -p ExecStart vllm.service").stdout

@@ -299,6 +299,19 @@ def test_the_filter_plans_from_gpu_facts():
     assert filters["llm_catalog_model"]("gemma2-2b")["ollama"]["tag"] == "gemma2:2b"
 
 
+def test_the_filter_takes_an_operators_tp_and_can_return_its_refusal():
+    plan_filter = FilterModule().filters()["llm_serving_plan"]
+    gpus = [{"memory_total_mib": 23028, "compute_cap": "8.6"}] * 4
+    assert plan_filter(gpus, "mixtral-8x7b-instruct", "awq", tensor_parallel_size=4)["tensor_parallel_size"] == 4
+    refused = plan_filter(gpus, "mixtral-8x7b-instruct", "awq", tensor_parallel_size=3, errors="return")
+    assert refused["error"].startswith(
+        "tensor-parallel size 3 for mixtral-8x7b-instruct (awq) on 4 GPU(s) is not valid"
+    )
+    assert (
+        "'no-such-model' is not in the catalog" in plan_filter(gpus, "no-such-model", "awq", errors="return")["error"]
+    )
+
+
 def ansible_debug(expression: str) -> subprocess.CompletedProcess:
     """Evaluate a Jinja expression with ad-hoc ansible, using the repository's ansible.cfg."""
     return subprocess.run(

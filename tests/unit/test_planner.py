@@ -9,6 +9,7 @@ from llm_planner import (
     PlanRequest,
     kv_bytes_per_token_per_gpu,
     plan,
+    plan_with_tensor_parallel,
     tp_invalid_reason,
 )
 
@@ -256,3 +257,24 @@ def test_bad_input_names_the_argument_and_the_allowed_range(options, message):
 def test_max_model_len_defaults_to_8192_within_the_models_context():
     assert make_plan("mixtral-8x7b-instruct", "awq", 1, GB80)["max_model_len"] == 8192
     assert make_plan("gemma2-2b", "fp16", 1, GB80)["max_model_len"] == 8192
+
+
+def test_an_operators_tensor_parallel_size_is_used_only_when_valid_and_fitting():
+    request = PlanRequest("mixtral-8x7b-instruct", "awq", 4, 40960, "8.0", max_model_len=8192)
+    entry = MODELS["mixtral-8x7b-instruct"]
+    chosen = plan(request, entry, SERVING)["tensor_parallel_size"]
+    assert plan_with_tensor_parallel(request, entry, SERVING, chosen) == plan(request, entry, SERVING)
+    forced = plan_with_tensor_parallel(request, entry, SERVING, 4)
+    assert forced["tensor_parallel_size"] == 4
+    assert "--tensor-parallel-size=4" in forced["vllm_args"]
+    assert forced["per_gpu_mib"]["needed"] <= forced["per_gpu_mib"]["available"]
+    assert f"the planner would pick {chosen}" in forced["notes"][-1]
+    with pytest.raises(PlanError, match=r"tensor-parallel size 3 .* is not valid: 32 attention heads"):
+        plan_with_tensor_parallel(request, entry, SERVING, 3)
+    with pytest.raises(PlanError, match="needs 8 GPUs, the host has 4"):
+        plan_with_tensor_parallel(request, entry, SERVING, 8)
+    with pytest.raises(PlanError, match="positive integer"):
+        plan_with_tensor_parallel(request, entry, SERVING, 0)
+    small = PlanRequest("mixtral-8x7b-instruct", "awq", 2, 23034, "8.9", max_model_len=8192)
+    with pytest.raises(PlanError, match=r"tensor-parallel size 1 .* does not fit: needs"):
+        plan_with_tensor_parallel(small, entry, SERVING, 1)

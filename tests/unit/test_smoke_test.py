@@ -1,0 +1,187 @@
+"""scripts/smoke_test.py: its checks, exit codes and messages, against a scripted local server.
+
+The server here only replays answers (a test double for the HTTP contract of the two APIs); the
+smoke test against real engines runs in the lab (tests/integration).
+"""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "smoke_test.py"
+sys.path.insert(0, str(REPO / "scripts"))
+
+import smoke_test  # noqa: E402
+
+ITALIAN = "Ciao! Sono un piccolo modello di prova. Posso rispondere in italiano."
+ENGLISH = "Hello! I am a tiny test model. I can answer in English and Italian."
+
+
+class Scripted(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format, *args):
+        """Quiet."""
+
+    def do_POST(self):
+        server = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server.seen.append((self.path, body, self.headers.get("Authorization")))
+        time.sleep(server.delay)
+        if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
+            status, payload = 401, {"error": "Unauthorized"}
+        elif self.path == "/api/chat":
+            status, payload = server.status, {"message": {"role": "assistant", "content": server.answer}, "done": True}
+        elif self.path == "/v1/chat/completions":
+            status, payload = server.status, {"choices": [{"message": {"role": "assistant", "content": server.answer}}]}
+        else:
+            status, payload = 404, {"error": "not found"}
+        data = (server.raw if server.raw is not None else json.dumps(payload)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    httpd.answer, httpd.status, httpd.delay, httpd.key, httpd.raw, httpd.seen = ITALIAN, 200, 0.0, "", None, []
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def smoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("api", ["openai", "ollama"])
+def test_an_italian_answer_passes_every_check(server, api):
+    result = smoke("--base-url", server.url, "--api", api, "--model", "mixtral", "--max-latency", "30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"smoke test passed: {api} mixtral at {server.url} answered in Italian")
+    path, body, _ = server.seen[0]
+    assert path == ("/api/chat" if api == "ollama" else "/v1/chat/completions")
+    assert body["messages"] == [{"role": "user", "content": "Ciao, come posso aiutarti?"}]
+    assert body["model"] == "mixtral"
+
+
+def test_an_english_answer_fails_with_the_check_and_the_start_of_the_answer(server):
+    server.answer = ENGLISH
+    result = smoke("--base-url", server.url, "--api", "openai", "--model", "m")
+    assert result.returncode == 1
+    assert "smoke test FAILED" in result.stdout
+    assert "italian (detected en (langdetect)" in result.stdout
+    assert f"answer starts: {ENGLISH!r}" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_empty_answer_fails_as_empty(server):
+    server.answer = "   "
+    result = smoke("--base-url", server.url, "--api", "ollama", "--model", "m", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    failed = {check["name"] for check in report["checks"] if not check["passed"]}
+    assert failed == {"non_empty", "italian"}
+    assert report["exit_code"] == 1
+
+
+def test_a_slow_answer_fails_the_latency_bound(server):
+    server.delay = 0.5
+    result = smoke("--base-url", server.url, "--api", "openai", "--model", "m", "--max-latency", "0.2", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    latency = next(check for check in report["checks"] if check["name"] == "latency")
+    assert latency["passed"] is False
+    assert latency["detail"].endswith("(bound 0.2 s)")
+    assert set(report) >= {"base_url", "api", "model", "prompt", "passed", "checks", "answer", "error"}
+
+
+@pytest.mark.parametrize(("status", "raw"), [(500, None), (404, None), (200, "not json")])
+def test_http_errors_and_unreadable_answers_exit_2(server, status, raw):
+    server.status, server.raw = status, raw
+    result = smoke("--base-url", server.url, "--api", "openai", "--model", "m")
+    assert result.returncode == 2
+    assert result.stderr.startswith("smoke test: openai m at ")
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_service_exits_2():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = smoke("--base-url", f"http://127.0.0.1:{port}", "--api", "ollama", "--model", "m", "--timeout", "5")
+    assert result.returncode == 2
+    assert "is unreachable: ConnectionError" in result.stderr
+
+
+def test_the_api_key_comes_from_the_environment_only(server):
+    server.key = "sk-smoke-canary"
+    without = smoke("--base-url", server.url, "--api", "openai", "--model", "m")
+    assert without.returncode == 2
+    assert "answered HTTP 401" in without.stderr
+    with_key = smoke(
+        "--base-url",
+        server.url,
+        "--api",
+        "openai",
+        "--model",
+        "m",
+        "--api-key-env",
+        "APP_KEY",
+        env={"APP_KEY": server.key},
+    )
+    assert with_key.returncode == 0
+    assert server.seen[-1][2] == "Bearer sk-smoke-canary"
+    assert server.key not in with_key.stdout + with_key.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--base-url", "localhost:8000", "--api", "openai", "--model", "m"],
+        ["--base-url", "http://x", "--api", "grpc", "--model", "m"],
+        ["--base-url", "http://x", "--api", "openai", "--model", "m", "--api-key-env", "NO_SUCH_VARIABLE_HERE"],
+        ["--base-url", "http://x", "--api", "openai", "--model", "m", "--timeout", "0"],
+        ["--api", "openai"],
+    ],
+)
+def test_bad_arguments_exit_2_with_one_message(args):
+    result = smoke(*args)
+    assert result.returncode == 2
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_stopword_method_tells_italian_from_its_neighbours():
+    assert smoke_test.stopword_language(ITALIAN) == "it"
+    assert smoke_test.stopword_language(ENGLISH) == "en"
+    assert smoke_test.stopword_language("Hola, soy un modelo pequeño de prueba y puedo ayudar.") == "es"
+    assert smoke_test.stopword_language("ok") is None
+    assert smoke_test.stopword_shares("")["it"] == 0.0
+
+
+def test_answers_are_read_from_either_api_shape():
+    assert smoke_test.answer_of("ollama", {"message": {"content": " Ciao "}}) == "Ciao"
+    assert smoke_test.answer_of("openai", {"choices": [{"message": {"content": None}}]}) == ""
+    with pytest.raises(smoke_test.SmokeError):
+        smoke_test.answer_of("openai", {"error": "x"})
+    url, _ = smoke_test.request_for("openai", "http://h:8000/v1/", "m")
+    assert url == "http://h:8000/v1/chat/completions"

@@ -1,0 +1,43 @@
+"""Filters for the .env of the RAG app (thin adapters over plugins/module_utils/llm_dotenv.py).
+
+{{ {'LLM_BACKEND': 'vllm', 'VLLM_API_KEY': key} | llm_dotenv }}           the file's text
+{{ {'LLM_BACKEND': 'vllm'} | llm_dotenv_errors }}                         refusals, naming keys only
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleFilterError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
+
+from llm_dotenv import DotenvError, encode_value, render
+
+DOCUMENTATION = """
+name: llm_env_filters
+short_description: python-dotenv encoding of the app's .env
+"""
+
+
+def dotenv(pairs, header=""):
+    try:
+        return render(dict(pairs), header)
+    except DotenvError as error:
+        raise AnsibleFilterError(str(error)) from None
+
+
+def dotenv_errors(pairs):
+    errors = []
+    for key, value in dict(pairs).items():
+        try:
+            encode_value(key, value)
+        except DotenvError as error:
+            errors.append(str(error))
+    return errors
+
+
+class FilterModule:
+    def filters(self):
+        return {"llm_dotenv": dotenv, "llm_dotenv_errors": dotenv_errors}

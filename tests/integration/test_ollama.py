@@ -11,6 +11,7 @@ models and GPU residency (on the simulated-GPU host the stand-in reports the mod
 because nvidia-smi lists a GPU, as Ollama would).
 """
 
+import hashlib
 import json
 import re
 import sys
@@ -229,9 +230,14 @@ def test_pruning_is_opt_in_and_removes_what_is_no_longer_wanted(converged, sessi
     assert "gemma2:2b" in {model["name"] for model in api(host, "/api/tags")["models"]}
 
 
-def test_a_long_pull_reports_its_progress_in_percent_and_bytes(converged, session_lab, depot_server, depot_url):
+def test_a_long_pull_reports_its_progress_in_percent_and_bytes(
+    converged, session_lab, depot_server, depot_url, tiny_model
+):
     host = session_lab.host(CPU_HOST)
     host.run('curl -sf -X DELETE http://127.0.0.1:11434/api/delete -d \'{"model": "gemma2:2b"}\'')
+    # Every lab tag is the tiny model: drop its weights blob too, so that the pull downloads it again.
+    weights = hashlib.sha256((tiny_model / "model.safetensors").read_bytes()).hexdigest()
+    assert host.run(f"rm /var/lib/ollama/models/blobs/sha256-{weights}").rc == 0
     depot_server.bytes_per_second = 1_000_000  # the 4.2 MB model now takes about 4 s
     try:
         run = phase1(session_lab, depot_url, "-e", "ollama_pull_poll_interval=1", limit=CPU_HOST)

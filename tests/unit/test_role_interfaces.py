@@ -42,3 +42,11 @@ def test_sample_inventory_lists_every_variable_of_the_role(role):
     text = sample.read_text()
     missing = [name for name in defaults if f"# {name}:" not in text]
     assert not missing, f"{sample.name} does not mention {missing}"
+
+
+def test_the_smoke_tests_host_packages_are_the_controllers_pins():
+    pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
+    smoke = yaml.safe_load((REPO / "roles" / "llm_smoke" / "defaults" / "main.yml").read_text())
+    for requirement in smoke["llm_smoke_packages"]:
+        name, version = requirement.split("==")
+        assert pins[name] == version, requirement

@@ -1,0 +1,106 @@
+"""Host verifiers for the serving backends (roles/ollama, roles/vllm), each as its role set it up.
+
+    pytest tests/verify --hosts='ansible://llm_servers' --ansible-inventory=inventory/lab
+
+Parametrized over the backends; a backend that is not deployed on a host is skipped there.
+"""
+
+import json
+import shlex
+
+from verify_helpers import vllm_api_key
+
+LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "CapabilityBoundingSet": "",
+    "RestrictSUIDSGID": "yes",
+    "KillMode": "control-group",
+    "Restart": "always",
+}
+
+
+def test_service_is_enabled_and_active(host, backend):
+    service = host.service(backend["unit"])
+    assert service.is_enabled, f"{backend['unit']} is not enabled"
+    state = host.run(f"systemctl is-active {backend['unit']}").stdout.strip()
+    assert state == "active", f"{backend['unit']} is {state}; see journalctl -u {backend['unit']}"
+
+
+def unit_listeners(host, unit: str) -> list[str]:
+    """Local addresses of every TCP socket listening in the unit's cgroup."""
+    cgroup = host.run(f"systemctl show -p ControlGroup --value {unit}").stdout.strip()
+    if not cgroup:
+        return []
+    pids = set(host.run(f"cat $(find /sys/fs/cgroup{cgroup} -name cgroup.procs) 2>/dev/null").stdout.split())
+    listeners = []
+    for line in host.run("ss -Htlnp").stdout.splitlines():
+        owners = {part.split("=", 1)[1] for part in line.replace(",", " ").split() if part.startswith("pid=")}
+        if owners & pids:
+            listeners.append(line.split()[3])
+    return listeners
+
+
+def test_it_listens_only_on_the_configured_address(host, backend):
+    listeners = unit_listeners(host, backend["unit"])
+    configured = backend["host"]
+    api = [address for address in listeners if address.rsplit(":", 1)[1] == str(backend["port"])]
+    assert api, f"nothing of {backend['unit']} listens on port {backend['port']}"
+    for address in api:
+        bound = address.rsplit(":", 1)[0].strip("[]")
+        assert bound == configured or (configured == "localhost" and bound in LOOPBACK), (
+            f"{backend['unit']} listens on {address}; configured {configured}:{backend['port']}"
+        )
+    others = [address for address in listeners if address not in api]
+    exposed = [address for address in others if address.rsplit(":", 1)[0] not in LOOPBACK]
+    assert not exposed, f"{backend['unit']} has sockets beyond loopback besides its API: {exposed}"
+
+
+def test_the_unit_keeps_its_hardening(host, backend):
+    properties = " ".join(f"-p {name}" for name in HARDENING)
+    shown = dict(
+        line.split("=", 1) for line in host.run(f"systemctl show {properties} {backend['unit']}").stdout.splitlines()
+    )
+    loosened = {name: shown.get(name) for name, value in HARDENING.items() if shown.get(name) != value}
+    assert not loosened, f"{backend['unit']} lost hardening: {loosened} (expected {HARDENING})"
+
+
+def api_get(host, backend, path: str) -> dict:
+    key = vllm_api_key(host) if backend["backend"] == "vllm" else ""
+    header = f"-H {shlex.quote('Authorization: Bearer ' + key)}" if key else ""
+    result = host.run(f"curl -sf --max-time 30 {header} {shlex.quote(backend['base_url'] + path)}")
+    assert result.rc == 0, f"{backend['base_url']}{path} did not answer (curl exit {result.rc})"
+    return json.loads(result.stdout)
+
+
+def test_the_backend_lists_its_model(host, backend):
+    if backend["backend"] == "vllm":
+        names = [model["id"] for model in api_get(host, backend, "/v1/models")["data"]]
+        wanted = backend["model"]
+    else:
+        names = [model["name"] for model in api_get(host, backend, "/api/tags")["models"]]
+        wanted = backend["model"] if ":" in backend["model"] else f"{backend['model']}:latest"
+    assert wanted in names, f"{backend['backend']} does not list {wanted}; it lists {names}"
+
+
+def test_the_italian_smoke_test_passes(host, backend):
+    script = "/opt/llm-toolkit/bin/smoke_test.py"
+    if not host.file(script).exists:
+        import pytest  # noqa: PLC0415
+
+        pytest.skip("the smoke stage has not run on this host (no /opt/llm-toolkit/bin/smoke_test.py)")
+    key = vllm_api_key(host) if backend["backend"] == "vllm" else ""
+    command = (
+        f"SMOKE_API_KEY={shlex.quote(key)} /opt/llm-toolkit/venv/bin/python {script} --base-url "
+        f"{shlex.quote(backend['base_url'])} --api {backend['api']} --model {shlex.quote(backend['model'])} "
+        f"--json{' --api-key-env SMOKE_API_KEY' if key else ''}"
+    )
+    result = host.run(command)
+    report = json.loads(result.stdout) if result.stdout.startswith("{") else {"error": result.stderr.strip()}
+    failed = [f"{check['name']}: {check['detail']}" for check in report.get("checks", []) if not check["passed"]]
+    assert result.rc == 0, (
+        f"smoke test exit {result.rc}: {failed or report.get('error')}; answer starts {report.get('answer', '')[:80]!r}"
+    )

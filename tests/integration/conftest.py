@@ -38,7 +38,7 @@ SESSION_PROFILES = {"itest1": "4x-A100-40GB", "itest2": "8x-H100-80GB", "itest3"
 
 # The session lab's hosts are shared, so the modules run in this order: test_site needs fresh
 # hosts, and the phase tests converge some hosts further. Modules not listed run first.
-MODULE_ORDER = ["test_preflight", "test_site", "test_ollama", "test_vllm"]
+MODULE_ORDER = ["test_preflight", "test_site", "test_ollama", "test_vllm", "test_verify"]
 
 
 def pytest_collection_modifyitems(items):
@@ -200,3 +200,29 @@ def converged(session_lab):
     first = session_lab.playbook()
     second = session_lab.playbook()
     return first, second
+
+
+# The Ollama stand-in's depot (tests/standins/ollama) on the session lab's bridge: two releases of
+# the stand-in, so that upgrades can be tested, and a registry with the tiny model.
+OLD_OLLAMA, NEW_OLLAMA = "0.32.15", "0.32.16"
+DEPOT_PORT = 8765
+
+
+@pytest.fixture(scope="session")
+def depot_server(session_lab, tiny_model):
+    sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
+    import depot  # noqa: PLC0415 - test-only stand-in tooling
+
+    url = depot.lab_url(session_lab.name, DEPOT_PORT)
+    root = LAB_HOME / "depots" / session_lab.name
+    depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
+    server = depot.start_server(root, url)
+    server.url = url
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def depot_url(depot_server):
+    return depot_server.url

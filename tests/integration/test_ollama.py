@@ -14,21 +14,16 @@ because nvidia-smi lists a GPU, as Ollama would).
 import hashlib
 import json
 import re
-import sys
 
 import pytest
-from conftest import LAB_HOME, REPO
-
-sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
-
-import depot
+from conftest import NEW_OLLAMA as NEW
+from conftest import OLD_OLLAMA as OLD
 
 CPU_HOST = "itest3"
 GPU_HOST = "itest1"  # simulated 4x A100 40GB
 HOSTS = f"{GPU_HOST},{CPU_HOST}"
 MIXTRAL = "mixtral:8x7b-instruct-v0.1-q4_K_M"
-OLD, NEW = "0.32.15", "0.32.16"
-PORT = 8765
+
 CHAT = """python3 - <<'EOF'
 import json, urllib.request
 body = {"model": "%s", "messages": [{"role": "user", "content": "Ciao, come posso aiutarti?"}],
@@ -36,23 +31,6 @@ body = {"model": "%s", "messages": [{"role": "user", "content": "Ciao, come poss
 request = urllib.request.Request("http://127.0.0.1:11434/api/chat", json.dumps(body).encode())
 print(json.load(urllib.request.urlopen(request, timeout=300))["message"]["content"].strip())
 EOF"""
-
-
-@pytest.fixture(scope="module")
-def depot_server(session_lab, tiny_model):
-    url = depot.lab_url(session_lab.name, PORT)
-    root = LAB_HOME / "depots" / session_lab.name
-    depot.build_lab_depot(root, url, [OLD, NEW])
-    server = depot.start_server(root, url)
-    server.url = url
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def depot_url(depot_server):
-    return depot_server.url
 
 
 def phase1(session_lab, depot_url, *args, limit=HOSTS):

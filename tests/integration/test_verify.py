@@ -1,0 +1,153 @@
+"""The whole site.yml on the CPU lab host (both phases, the .env, the smoke test, the verifiers),
+then the verifiers shown failing: the host is broken one way at a time, and the verifiers must
+report exactly that failure, then pass again once it is repaired.
+
+Stand-in coverage: Ollama is the test-only stand-in (tests/standins/ollama); vLLM and both
+backends' answers are real (vLLM's CPU build and the tiny model).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+HOST = "itest3"
+CANARY = "canary-key-7f3a9c"
+ENV_PATH = "/etc/llm-toolkit/app.env"
+ENGLISH_TEMPLATE = "{{ bos_token }}[INST] Hello, how can I help you? [/INST]"
+
+
+def verify(session_lab) -> dict:
+    command = [sys.executable, str(REPO / "scripts" / "verify.py"), "--inventory", str(session_lab.inventory)]
+    result = subprocess.run(
+        [*command, "--hosts", HOST, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.stdout.startswith("{"), result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    summary["rc"] = result.returncode
+    return summary
+
+
+def failing(summary: dict) -> set[str]:
+    return {failure["check"] for failure in summary["hosts"][HOST]["failed"]}
+
+
+@pytest.fixture(scope="module")
+def site(session_lab, tiny_model, depot_url):
+    run = session_lab.playbook(
+        "--limit",
+        HOST,
+        "-e",
+        f"vllm_api_key={CANARY}",
+        env={"LAB_MODEL_DIR": str(tiny_model), "LAB_OLLAMA_DEPOT": depot_url},
+    )
+    yield run
+    session_lab.host(HOST).run("systemctl stop ollama.service vllm.service")
+
+
+def test_site_ends_with_the_smoke_test_and_a_green_verifier_summary(site, session_lab):
+    assert site.returncode == 0, site.output[-4000:]
+    assert "smoke | Ask every backend in Italian" in site.output
+    assert f"{HOST}: vllm (mixtral): passed" in site.output
+    assert f"{HOST}: ollama (mixtral): passed" in site.output
+    assert f"{HOST}: ok (" in site.output
+    assert CANARY not in site.output
+
+
+def test_the_env_lists_vllm_first_then_ollama_and_reads_back(site, session_lab):
+    from dotenv import dotenv_values  # noqa: PLC0415
+
+    host = session_lab.host(HOST)
+    env = host.file(ENV_PATH)
+    assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+    values = dotenv_values(stream=__import__("io").StringIO(env.content_string))
+    assert values["LLM_BACKEND"] == "vllm"
+    assert values["LLM_FALLBACK"] == "ollama"
+    assert values["VLLM_BASE_URL"] == "http://127.0.0.1:8000/v1"
+    assert values["VLLM_API_KEY"] == CANARY
+    assert values["OLLAMA_BASE_URL"] == "http://127.0.0.1:11434"
+    assert values["OLLAMA_MODEL"] == "mixtral"
+
+
+def test_a_healthy_host_passes_every_verifier(site, session_lab):
+    summary = verify(session_lab)
+    assert summary["rc"] == 0, summary
+    assert not summary["hosts"][HOST]["failed"]
+    passed = set(summary["hosts"][HOST]["passed"])
+    for backend in ("vllm", "ollama"):
+        assert f"test_backends::test_the_italian_smoke_test_passes[{backend}]" in passed
+    assert "test_secrets_and_env::test_no_secret_is_on_any_process_command_line" in passed
+
+
+BREAKAGES = {
+    "a stopped service": (
+        "systemctl stop ollama.service",
+        "systemctl start ollama.service",
+        {
+            "test_backends::test_service_is_enabled_and_active[ollama]",
+            "test_backends::test_it_listens_only_on_the_configured_address[ollama]",
+            "test_backends::test_the_backend_lists_its_model[ollama]",
+            "test_backends::test_the_italian_smoke_test_passes[ollama]",
+        },
+    ),
+    "a loosened .env": (
+        f"chmod 0644 {ENV_PATH}",
+        f"chmod 0600 {ENV_PATH}",
+        {"test_secrets_and_env::test_the_env_file_is_private_and_owned_as_configured"},
+    ),
+    "a rebind to 0.0.0.0": (
+        "printf '[Service]\\nEnvironment=OLLAMA_HOST=0.0.0.0:11434\\n' > /etc/systemd/system/ollama.service.d/zz.conf"
+        " && systemctl daemon-reload && systemctl restart ollama.service && sleep 3",
+        "rm /etc/systemd/system/ollama.service.d/zz.conf && systemctl daemon-reload && systemctl restart ollama.service"
+        " && sleep 3",
+        {"test_backends::test_it_listens_only_on_the_configured_address[ollama]"},
+    ),
+    "a removed model": (
+        'curl -sf -X DELETE http://127.0.0.1:11434/api/delete -d \'{"model": "mixtral"}\'',
+        "curl -sf http://127.0.0.1:11434/api/copy"
+        ' -d \'{"source": "mixtral:8x7b-instruct-v0.1-q4_K_M", "destination": "mixtral"}\'',
+        {
+            "test_backends::test_the_backend_lists_its_model[ollama]",
+            "test_backends::test_the_italian_smoke_test_passes[ollama]",
+        },
+    ),
+    "an API key on a command line": (
+        f"systemd-run --unit=leaky-client sh -c 'sleep 600' client --api-key={CANARY}",
+        "systemctl stop leaky-client.service",
+        {"test_secrets_and_env::test_no_secret_is_on_any_process_command_line"},
+    ),
+    "a backend that answers in English": (
+        f"printf '%s' '{ENGLISH_TEMPLATE}' > /etc/vllm/english.jinja && chmod 0644 /etc/vllm/english.jinja"
+        " && mkdir -p /etc/systemd/system/vllm.service.d"
+        " && { echo '[Service]'; echo 'ExecStart='; grep '^ExecStart=' /etc/systemd/system/vllm.service"
+        " | sed 's|$| --chat-template /etc/vllm/english.jinja|'; } > /etc/systemd/system/vllm.service.d/zz.conf"
+        " && systemctl daemon-reload && systemctl restart vllm.service"
+        " && for i in $(seq 120); do curl -sf -o /dev/null http://127.0.0.1:8000/health && break; sleep 2; done",
+        "rm /etc/systemd/system/vllm.service.d/zz.conf && systemctl daemon-reload && systemctl restart vllm.service"
+        " && for i in $(seq 120); do curl -sf -o /dev/null http://127.0.0.1:8000/health && break; sleep 2; done",
+        {"test_backends::test_the_italian_smoke_test_passes[vllm]"},
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_each_verifier_reports_exactly_the_breakage_and_passes_once_repaired(site, session_lab, breakage):
+    host = session_lab.host(HOST)
+    breaking, repairing, expected = BREAKAGES[breakage]
+    broken = host.run(breaking)
+    assert broken.rc == 0, broken.stderr
+    try:
+        summary = verify(session_lab)
+        assert summary["rc"] == 1, summary
+        assert failing(summary) == expected, summary["hosts"][HOST]["failed"]
+    finally:
+        repaired = host.run(repairing)
+    assert repaired.rc == 0, repaired.stderr
+    healthy = verify(session_lab)
+    assert healthy["rc"] == 0, healthy["hosts"][HOST]["failed"]

@@ -30,7 +30,6 @@ lab: deps venv ## Boot lab hosts, converge them with playbooks/site.yml, verify 
 	scripts/lab up $(LAB_HOSTS) $(LAB_GPUS)
 	LAB_MODEL_DIR=$$(python tests/models/tiny_model_cache.py) python tests/standins/ollama/depot.py lab -- \
 		ansible-playbook -i inventory/lab playbooks/site.yml
-	pytest tests/verify --hosts='ansible://llm_servers' --ansible-inventory=inventory/lab -p no:cacheprovider
 	scripts/lab status
 	@echo "lab is up; converge again: make lab; tear down: make lab-down"
 

@@ -19,6 +19,8 @@ CANARY = "canary-key-7f3a9c"
 HF_CANARY = "hf_canary_3b9d1e"
 HF_REPO = "toolkit-tests/tiny-mixtral"
 HUB_PORT = 8766
+# The lab serves 512 tokens (inventory/lab); preflight plans the simulated GPUs for the same context.
+SIMULATE_2_GPUS = ["-e", "vllm_cpu_simulates_gpus=true", "-e", "llm_preflight_vllm_max_model_len=512"]
 ITALIAN = "Ciao! Sono un piccolo modello di prova. Posso rispondere in italiano."
 CHAT = """python3 - <<'EOF'
 import json, urllib.request, urllib.error
@@ -247,16 +249,14 @@ def test_a_simulated_two_gpu_host_gets_tp2_from_the_planner_and_runs_two_cpu_wor
     lab(session_lab.name, "gpu", HOST, "2x-A2000-6GB")
     try:
         before = invocation(host)
-        refused = phase2(
-            session_lab, tiny_model, "-e", "vllm_cpu_simulates_gpus=true", "-e", "vllm_tensor_parallel_size=3"
-        )
+        refused = phase2(session_lab, tiny_model, *SIMULATE_2_GPUS, "-e", "vllm_tensor_parallel_size=3")
         assert refused.returncode != 0
         assert (
             f"{HOST}: tensor-parallel size 3 for mistral-7b-instruct (awq) on 2 GPU(s) is not valid" in refused.output
         )
         assert refused.recap[HOST]["changed"] == 0
         assert invocation(host) == before
-        run = phase2(session_lab, tiny_model, "-e", "vllm_cpu_simulates_gpus=true")
+        run = phase2(session_lab, tiny_model, *SIMULATE_2_GPUS)
         assert run.returncode == 0, run.output[-3000:]
         assert "--tensor-parallel-size 2" in host.run("systemctl show -p ExecStart vllm.service").stdout
         assert "VLLM_CPU_OMP_THREADS_BIND=0|1" in host.file("/etc/vllm/vllm.env").content_string

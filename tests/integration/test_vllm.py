@@ -19,8 +19,16 @@ CANARY = "canary-key-7f3a9c"
 HF_CANARY = "hf_canary_3b9d1e"
 HF_REPO = "toolkit-tests/tiny-mixtral"
 HUB_PORT = 8766
-# The lab serves 512 tokens (inventory/lab); preflight plans the simulated GPUs for the same context.
-SIMULATE_2_GPUS = ["-e", "vllm_cpu_simulates_gpus=true", "-e", "llm_preflight_vllm_max_model_len=512"]
+# The CPU host with simulated GPUs stays a CPU-build host (`scripts/lab gpu` makes the inventory
+# call it a GPU host); the lab serves 512 tokens, and preflight plans for the same context.
+SIMULATE_2_GPUS = [
+    "-e",
+    "llm_accelerator=cpu",
+    "-e",
+    "vllm_cpu_simulates_gpus=true",
+    "-e",
+    "llm_preflight_vllm_max_model_len=512",
+]
 ITALIAN = "Ciao! Sono un piccolo modello di prova. Posso rispondere in italiano."
 CHAT = """python3 - <<'EOF'
 import json, urllib.request, urllib.error

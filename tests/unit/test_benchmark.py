@@ -1,0 +1,227 @@
+"""scripts/benchmark.py: timing accuracy against a server with injected delays, outputs, and faults.
+
+The timed server here is a test double with known delays (time to first token, gap between tokens),
+so that what the benchmark measures can be compared with what was injected; the benchmark against
+the real engines runs in the lab.
+"""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "benchmark.py"
+sys.path.insert(0, str(REPO / "scripts"))
+
+import benchmark  # noqa: E402
+
+TTFT, GAP, TOKENS = 0.25, 0.04, 11
+
+
+class Timed(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        """Quiet."""
+
+    def _send(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, data: bytes):
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def do_POST(self):
+        server = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with server.lock:
+            server.count += 1
+            count = server.count
+        if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
+            self._send(401, {"error": "Unauthorized"})
+            return
+        if body.get("model") != "tiny":
+            self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
+            return
+        if server.fail_after and count > server.fail_after:
+            self._send(500, {"error": "engine died"})
+            return
+        if not body.get("stream"):
+            time.sleep(TTFT + (TOKENS - 1) * GAP)
+            choices = [{"index": i, "message": {"content": "Ciao"}} for i in range(body.get("n", 1))]
+            self._send(200, {"choices": choices, "usage": {"completion_tokens": TOKENS * body.get("n", 1)}})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        ollama = self.path == "/api/chat"
+        started = time.perf_counter()
+        if not ollama:
+            self._chunk(b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n\n')
+        for token in range(TOKENS):
+            time.sleep(max(0.0, started + TTFT + token * GAP - time.perf_counter()))
+            if ollama:
+                self._chunk(json.dumps({"message": {"content": f" t{token}"}, "done": False}).encode() + b"\n")
+            else:
+                self._chunk(f'data: {{"choices": [{{"delta": {{"content": " t{token}"}}}}]}}\n\n'.encode())
+        if ollama:
+            self._chunk(json.dumps({"message": {"content": ""}, "done": True, "eval_count": TOKENS}).encode() + b"\n")
+        else:
+            usage = {"choices": [], "usage": {"completion_tokens": TOKENS if server.usage else None}}
+            if not server.usage:
+                usage = {"choices": []}
+            self._chunk(f"data: {json.dumps(usage)}\n\n".encode() + b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Timed)
+    httpd.daemon_threads = True
+    httpd.lock, httpd.count, httpd.key, httpd.fail_after, httpd.usage = threading.Lock(), 0, "", 0, True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def bench(server, *args, env=None):
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--base-url", server.url, "--model", "tiny", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("api", ["openai", "ollama"])
+def test_injected_timings_are_measured_within_5_percent(server, api, tmp_path):
+    out = tmp_path / "report.json"
+    result = bench(server, "--api", api, "--runs", "2", "--warmup", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    summary = report["summary"]
+    assert summary["ttft_s_p50"] == pytest.approx(TTFT, rel=0.05)
+    assert summary["decode_tokens_per_s_p50"] == pytest.approx(1 / GAP, rel=0.05)
+    assert summary["latency_s_p50"] == pytest.approx(TTFT + (TOKENS - 1) * GAP, rel=0.05)
+    # The server runs the 3 drafts side by side: their wall time is one request's, not three.
+    assert summary["drafts_wall_s_p50"] == pytest.approx(TTFT + (TOKENS - 1) * GAP, rel=0.10)
+    assert summary["errors"] == 0
+    assert summary["token_count_source"] == "usage"
+    single = [s for s in report["samples"] if s["kind"] == "single"]
+    assert len(single) == 2 * 3  # runs x queries, warm-up not recorded
+    assert {s["query"] for s in single} == set(benchmark.QUERIES)
+    assert ("n" in {s["kind"] for s in report["samples"]}) is (api == "openai")
+
+
+def test_without_server_usage_tokens_are_counted_from_chunks_and_it_says_so(server, tmp_path):
+    server.usage = False
+    out = tmp_path / "report.json"
+    result = bench(server, "--api", "openai", "--runs", "1", "--warmup", "0", "--drafts", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["token_count_source"] == "chunks"
+    assert summary["decode_tokens_per_s_p50"] == pytest.approx(1 / GAP, rel=0.05)
+
+
+def test_markdown_and_chart_are_written(server, tmp_path):
+    md, png = tmp_path / "report.md", tmp_path / "chart.png"
+    result = bench(server, "--api", "openai", "--runs", "1", "--warmup", "0", "--markdown", str(md), "--plot", str(png))
+    assert result.returncode == 0, result.stderr
+    text = md.read_text()
+    assert "| Configuration | Single query (p50) | 3 drafts (p50) | Tokens/s (p50) |" in text
+    assert "| Come posso lavare la mia auto? |" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_server_error_mid_run_keeps_the_samples_and_exits_1(server, tmp_path):
+    server.fail_after = 4
+    out = tmp_path / "report.json"
+    result = bench(server, "--api", "ollama", "--runs", "2", "--warmup", "0", "--drafts", "1", "--json", str(out))
+    assert result.returncode == 1
+    assert "answered HTTP 500" in result.stderr
+    assert "kept in the JSON" in result.stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["errors"] == 1
+    assert len([s for s in report["samples"] if not s.get("error")]) == 4
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("key", ["--api", "openai"], "answered HTTP 401"),
+        ("", ["--api", "openai", "--model", "nope"], "answered HTTP 404"),
+    ],
+)
+def test_a_refused_first_request_exits_2_with_the_reason(server, setup, args, message, tmp_path):
+    if setup == "key":
+        server.key = "sk-bench"
+    out = tmp_path / "r.json"
+    result = bench(server, *args, "--json", str(out))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert json.loads(out.read_text())["samples"][0]["error"]
+
+
+def test_the_api_key_comes_from_the_environment(server):
+    server.key = "sk-bench"
+    result = bench(
+        server, "--api", "openai", "--runs", "1", "--warmup", "0", "--api-key-env", "K", env={"K": "sk-bench"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sk-bench" not in result.stdout + result.stderr
+
+
+def test_an_unreachable_url_exits_2_and_bad_arguments_too():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [sys.executable, str(SCRIPT), "--api", "ollama", "--model", "m", "--no-progress"]
+    result = subprocess.run(
+        [*args, "--base-url", f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "is unreachable" in result.stderr
+    bad = subprocess.run([*args, "--base-url", "nowhere"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert "is not an http(s) URL" in bad.stderr
+
+
+def test_the_memory_bandwidth_bound_counts_only_active_experts():
+    sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
+    from llm_catalog import load_models  # noqa: PLC0415
+
+    models = load_models()
+    mixtral = benchmark.active_weight_fraction(models["mixtral-8x7b-instruct"]["architecture"])
+    assert mixtral == pytest.approx(12.9 / 46.7, rel=0.05)  # 12.9B of 46.7B parameters per token
+    assert benchmark.active_weight_fraction(models["mistral-7b-instruct"]["architecture"]) == 1.0
+    assert benchmark.bandwidth_for("NVIDIA H100 80GB HBM3") == 3350
+    assert benchmark.bandwidth_for("NVIDIA A100-SXM4-40GB") == 1555
+    assert benchmark.bandwidth_for("Unknown GPU") is None
+    assert benchmark.decode_bound(10.0, 0.5, 1000) == pytest.approx(200.0)
+
+
+def test_percentiles_and_decode_rate():
+    assert benchmark.percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert benchmark.percentile([1.0, 2.0, 3.0, 4.0], 0.9) == pytest.approx(3.7)
+    assert benchmark.percentile([], 0.5) is None
+    assert benchmark.decode_rate(11, 1.0, 1.4) == pytest.approx(25.0)
+    assert benchmark.decode_rate(1, 1.0, 1.0) is None

@@ -5,13 +5,15 @@ speed, and the time of the 3 drafts the app writes per answer.
     scripts/benchmark.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR]
         [--runs N] [--warmup K] [--drafts 3] [--max-tokens T] [--queries FILE]
         [--json OUT] [--markdown OUT] [--plot OUT.png] [--gpu NAME] [--catalog-model KEY --format F]
+    scripts/benchmark.py --compare A.json B.json ... [--markdown OUT] [--plot OUT.png]
 
 Every time is taken on the client with a monotonic clock. Per query and run: one streamed request
 (latency; time to first token = the first chunk with non-empty content, not the empty role chunk;
 decode tokens/s = tokens after the first / time from the first to the last token, counting the
 tokens the server reports where the API gives them, else the streamed chunks, and saying which),
 then `--drafts` concurrent requests (their wall time), and on the OpenAI API one request with
-n=drafts. Warm-up runs are not recorded.
+n=drafts. Warm-up runs are not recorded. Where nvidia-smi answers, GPU utilization and memory
+are sampled every second during the run. --compare renders one table and chart over several reports.
 
 Exit status: 0 every request succeeded; 1 a request failed after some were measured (the run
 stops there; the samples gathered so far are kept in the JSON); 2 bad arguments, or the first
@@ -26,7 +28,9 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -285,6 +289,69 @@ def run(args: argparse.Namespace, queries: list[str], progress) -> tuple[list[di
     return samples, None
 
 
+class GpuSampler:
+    """Samples GPU utilization and memory with nvidia-smi once a second while the run lasts (NVIDIA hosts)."""
+
+    QUERY = (
+        "nvidia-smi",
+        "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+        "--format=csv,noheader,nounits",
+    )
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self) -> list[dict]:
+        try:
+            result = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        rows = []
+        for line in result.stdout.splitlines() if result.returncode == 0 else []:
+            fields = [field.strip() for field in line.split(",")]
+            if len(fields) == 4 and all(field.replace(".", "").isdigit() for field in fields):
+                index, util, used, total = fields
+                rows.append(
+                    {
+                        "gpu": int(index),
+                        "utilization_pct": float(util),
+                        "memory_used_mib": float(used),
+                        "memory_total_mib": float(total),
+                    }
+                )
+        return rows
+
+    def _loop(self) -> None:
+        started = time.perf_counter()
+        while not self._stop.is_set():
+            for row in self._read():
+                self.samples.append({"t_s": round(time.perf_counter() - started, 2), **row})
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> GpuSampler:
+        if self._read():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {
+            "samples": len(self.samples),
+            "utilization_pct_mean": sum(s["utilization_pct"] for s in self.samples) / len(self.samples),
+            "utilization_pct_max": max(s["utilization_pct"] for s in self.samples),
+            "memory_used_mib_max": max(s["memory_used_mib"] for s in self.samples),
+        }
+
+
 def per_query(samples: list[dict], queries: list[str]) -> dict:
     return {query: summarise([s for s in samples if s["query"] == query]) for query in queries}
 
@@ -362,7 +429,75 @@ def hardware_config(args: argparse.Namespace) -> dict:
     return {"gpu_bandwidth_gbps": bandwidth, "weights_gb": weights_gb, "hardware_bound_tokens_per_s": bound}
 
 
+def compare(paths: list[Path], plot_path: Path | None, markdown_path: Path | None) -> int:
+    """One table and one chart over several JSON reports (the configurations run on a host)."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            print(f"benchmark --compare: cannot read {path}: {error}", file=sys.stderr)
+            return 2
+    lines = [
+        "| Configuration | Single query (p50) | 3 drafts (p50) | Tokens/s (p50) | TTFT (p50) | Errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        summary, config = report["summary"], report["config"]
+        cells = [summary["latency_s_p50"], summary["drafts_wall_s_p50"]]
+        lines.append(
+            f"| {config['backend']} {config['model']} | "
+            + " | ".join(f"{value:.2f} s" if value is not None else "n/a" for value in cells)
+            + f" | {summary['decode_tokens_per_s_p50'] or 0:.1f} | {summary['ttft_s_p50'] or 0:.2f} s | "
+            f"{summary['errors']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    if markdown_path:
+        markdown_path.write_text(table, encoding="utf-8")
+    else:
+        print(table, end="")
+    if plot_path:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot  # noqa: PLC0415
+
+        names = [f"{r['config']['backend']}\n{r['config']['model']}" for r in reports]
+        figure, (times, speed) = pyplot.subplots(1, 2, figsize=(10, 4))
+        positions = list(range(len(reports)))
+        times.bar(
+            [p - 0.2 for p in positions],
+            [r["summary"]["latency_s_p50"] or 0 for r in reports],
+            0.4,
+            label="single query (p50)",
+        )
+        times.bar(
+            [p + 0.2 for p in positions],
+            [r["summary"]["drafts_wall_s_p50"] or 0 for r in reports],
+            0.4,
+            label="3 drafts (p50)",
+        )
+        times.set_xticks(positions, names)
+        times.set_ylabel("seconds")
+        times.legend()
+        speed.bar(positions, [r["summary"]["decode_tokens_per_s_p50"] or 0 for r in reports])
+        speed.set_xticks(positions, names)
+        speed.set_ylabel("decode tokens/s (p50)")
+        figure.tight_layout()
+        figure.savefig(plot_path, dpi=100)
+        pyplot.close(figure)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--compare"]:
+        parser = argparse.ArgumentParser(prog="benchmark.py --compare", description="compare JSON reports")
+        parser.add_argument("--compare", nargs="+", type=Path, required=True)
+        parser.add_argument("--plot", type=Path)
+        parser.add_argument("--markdown", type=Path)
+        options = parser.parse_args(argv)
+        return compare(options.compare, options.plot, options.markdown)
     args = parse_args(argv)
     queries = (
         [line.strip() for line in args.queries.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -387,7 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     total = (args.warmup + args.runs) * len(queries) * (3 if args.api == "openai" and args.drafts > 1 else 2)
     from tqdm import tqdm  # noqa: PLC0415 - the progress bar
 
-    with tqdm(total=total, desc="benchmark", unit="req", disable=args.no_progress, file=sys.stderr) as progress:
+    with (
+        GpuSampler() as gpu,
+        tqdm(total=total, desc="benchmark", unit="req", disable=args.no_progress, file=sys.stderr) as progress,
+    ):
         samples, failure = run(args, queries, progress)
     status = 0
     if failure:
@@ -403,7 +541,14 @@ def main(argv: list[str] | None = None) -> int:
     if config.get("hardware_bound_tokens_per_s") and summary["decode_tokens_per_s_p50"]:
         config["fraction_of_bound"] = summary["decode_tokens_per_s_p50"] / config["hardware_bound_tokens_per_s"]
     stats = per_query(samples, queries)
-    report = {"summary": summary, "per_query": stats, "samples": samples, "config": config, "exit_code": status}
+    report = {
+        "summary": summary,
+        "per_query": stats,
+        "samples": samples,
+        "config": config,
+        "gpu": {"summary": gpu.summary(), "samples": gpu.samples},
+        "exit_code": status,
+    }
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.markdown:

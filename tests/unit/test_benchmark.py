@@ -225,3 +225,38 @@ def test_percentiles_and_decode_rate():
     assert benchmark.percentile([], 0.5) is None
     assert benchmark.decode_rate(11, 1.0, 1.4) == pytest.approx(25.0)
     assert benchmark.decode_rate(1, 1.0, 1.0) is None
+
+
+def test_gpu_utilization_is_sampled_where_nvidia_smi_answers(server, tmp_path):
+    standin = REPO / "tests" / "standins" / "nvidia_smi"
+    out = tmp_path / "report.json"
+    env = {"PATH": f"{standin}:{os.environ['PATH']}", "LAB_GPU_PROFILE": "2x-A2000-6GB"}
+    result = bench(
+        server, "--api", "ollama", "--runs", "1", "--warmup", "0", "--drafts", "1", "--json", str(out), env=env
+    )
+    assert result.returncode == 0, result.stderr
+    gpu = json.loads(out.read_text())["gpu"]
+    assert gpu["summary"]["samples"] >= 2
+    assert {sample["gpu"] for sample in gpu["samples"]} == {0, 1}
+    assert gpu["samples"][0]["memory_total_mib"] == 6138
+
+
+def test_reports_are_compared_in_one_table_and_chart(server, tmp_path):
+    reports = []
+    for api in ("openai", "ollama"):
+        reports.append(tmp_path / f"{api}.json")
+        result = bench(
+            server, "--api", api, "--runs", "1", "--warmup", "0", "--drafts", "1", "--json", str(reports[-1])
+        )
+        assert result.returncode == 0, result.stderr
+    md, png = tmp_path / "compare.md", tmp_path / "compare.png"
+    compared = subprocess.run(
+        [sys.executable, str(SCRIPT), "--compare", *map(str, reports), "--markdown", str(md), "--plot", str(png)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compared.returncode == 0, compared.stderr
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| openai") or line.startswith("| ollama")]
+    assert len(rows) == 2
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -151,3 +151,36 @@ def test_each_verifier_reports_exactly_the_breakage_and_passes_once_repaired(sit
     assert repaired.rc == 0, repaired.stderr
     healthy = verify(session_lab)
     assert healthy["rc"] == 0, healthy["hosts"][HOST]["failed"]
+
+
+def test_the_benchmark_tag_writes_json_markdown_and_a_chart_per_host(site, session_lab, tmp_path):
+    run = session_lab.playbook(
+        "--tags",
+        "benchmark",
+        "--limit",
+        HOST,
+        "-e",
+        f"vllm_api_key={CANARY}",
+        "-e",
+        f"llm_benchmark_report_dir={tmp_path}",
+        "-e",
+        "llm_benchmark_runs=1",
+        "-e",
+        "llm_benchmark_warmup=0",
+        "-e",
+        "llm_benchmark_max_tokens=32",
+    )
+    assert run.returncode == 0, run.output[-3000:]
+    assert CANARY not in run.output
+    reports = tmp_path / HOST
+    for backend in ("vllm", "ollama"):
+        report = json.loads((reports / f"{backend}.json").read_text())
+        summary = report["summary"]
+        assert summary["errors"] == 0
+        assert summary["latency_s_p50"] > 0
+        assert summary["decode_tokens_per_s_p50"] > 0
+        assert summary["drafts_wall_s_p50"] > 0
+        assert report["config"]["backend"] == ("openai" if backend == "vllm" else "ollama")
+        assert "| Configuration | Single query (p50) | 3 drafts (p50) |" in (reports / f"{backend}.md").read_text()
+    assert len([line for line in (reports / "compare.md").read_text().splitlines() if line.startswith("| ")]) == 4
+    assert (reports / "compare.png").read_bytes()[:4] == b"\x89PNG"

@@ -44,9 +44,12 @@ def test_sample_inventory_lists_every_variable_of_the_role(role):
     assert not missing, f"{sample.name} does not mention {missing}"
 
 
-def test_the_smoke_tests_host_packages_are_the_controllers_pins():
+@pytest.mark.parametrize(
+    ("role", "variable"), [("llm_smoke", "llm_smoke_packages"), ("llm_benchmark", "llm_benchmark_packages")]
+)
+def test_the_host_scripts_packages_are_the_controllers_pins(role, variable):
     pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
-    smoke = yaml.safe_load((REPO / "roles" / "llm_smoke" / "defaults" / "main.yml").read_text())
-    for requirement in smoke["llm_smoke_packages"]:
+    defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    for requirement in defaults[variable]:
         name, version = requirement.split("==")
         assert pins[name] == version, requirement

@@ -2,6 +2,8 @@
 
 {{ {'LLM_BACKEND': 'vllm', 'VLLM_API_KEY': key} | llm_dotenv }}           the file's text
 {{ {'LLM_BACKEND': 'vllm'} | llm_dotenv_errors }}                         refusals, naming keys only
+{{ ansible_facts['ansible_local'] | llm_recorded_backends }}              the backends the service roles
+                                                                          recorded (llm_vllm, llm_ollama), vLLM first
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ def dotenv_errors(pairs):
     return errors
 
 
+# Local facts the service roles write, in the app's order of preference.
+BACKEND_FACTS = ("llm_vllm", "llm_ollama")
+
+
+def recorded_backends(local_facts):
+    return [local_facts[name] for name in BACKEND_FACTS if name in (local_facts or {})]
+
+
 class FilterModule:
     def filters(self):
-        return {"llm_dotenv": dotenv, "llm_dotenv_errors": dotenv_errors}
+        return {
+            "llm_dotenv": dotenv,
+            "llm_dotenv_errors": dotenv_errors,
+            "llm_recorded_backends": recorded_backends,
+        }

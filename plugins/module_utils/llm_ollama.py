@@ -1,4 +1,4 @@
-"""Pure helpers for Ollama's API: pull progress, error classes, retries, free-disk checks.
+"""Pure helpers for Ollama's API: pull progress, error classes, retries, names and paths.
 
 No I/O here: the ollama_pull module feeds it the NDJSON lines of POST /api/pull and acts on
 what it returns, so every decision is unit-tested without a server.
@@ -134,12 +134,6 @@ def backoff_delays(retries: int, base: float = 5.0, cap: float = 120.0) -> list[
 def partial_files(names: list[str]) -> list[str]:
     """Blob names an interrupted pull leaves behind (sha256-<hex>-partial and -partial-N)."""
     return sorted(name for name in names if re.match(r"^sha256[-:][0-9a-f]{64}-partial(-\d+)?$", name))
-
-
-def disk_shortfall(free_bytes: int, needed_gb: float, margin_gb: float) -> int:
-    """Bytes missing for a download of needed_gb plus a margin (0 when it fits)."""
-    needed = int((needed_gb + margin_gb) * 1e9)
-    return max(0, needed - free_bytes)
 
 
 def model_digests(tags_answer: dict) -> dict[str, str]:

@@ -7,12 +7,14 @@ the same way, keyed by the requirements alone.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +46,15 @@ def _run(command: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed ({result.returncode}):\n{tail}")
 
 
+@contextlib.contextmanager
+def cache_lock(directory: Path, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive lock in directory (created if missing) while a cached item is checked or built."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / name, "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build_venv(root: Path) -> Path:
     venv = root / "venvs" / f"model-build-{_key(REQUIREMENTS)}"
     if not (venv / ".installed").exists():
@@ -60,9 +71,7 @@ def tiny_mixtral(root: Path | None = None) -> Path:
     """The directory of the tiny Mixtral model, built when this recipe has not been built yet."""
     root = root or cache_root()
     target = root / "models" / f"tiny-mixtral-{_key(BUILD_SCRIPT, REQUIREMENTS)}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock(target.parent):
         if not (target / "build.json").exists():
             venv = build_venv(root)
             work = target.with_name(target.name + ".tmp")

@@ -14,7 +14,6 @@ from llm_ollama import (  # noqa: E402
     PullProgress,
     backoff_delays,
     describe_progress,
-    disk_shortfall,
     human_bytes,
     is_transient,
     is_unknown_tag,
@@ -122,11 +121,6 @@ def test_partial_downloads_are_recognised_by_ollamas_names():
         "sha256-short-partial",
     ]
     assert partial_files(names) == ["sha256-" + "b" * 64 + "-partial", "sha256-" + "c" * 64 + "-partial-3"]
-
-
-def test_disk_shortfall_counts_the_margin():
-    assert disk_shortfall(30 * 10**9, 26.4, 2) == 0
-    assert disk_shortfall(20 * 10**9, 26.4, 2) == int(8.4e9)
 
 
 def test_names_digests_and_manifest_paths_follow_ollamas_layout():

@@ -359,6 +359,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_empty(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def error(self, status: int, message: str) -> None:
         self.send_json(status, {"error": message})
 
@@ -384,9 +389,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     # -- routes -------------------------------------------------------------
     def do_HEAD(self) -> None:
-        self.send_response(200 if self.path == "/" else 404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        self.send_empty(200 if self.path == "/" else 404)
 
     def do_GET(self) -> None:
         if self.path == "/":
@@ -427,9 +430,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         path.unlink()
         SERVER.store.prune()
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        self.send_empty(200)
 
     def do_POST(self) -> None:
         routes = {
@@ -507,9 +508,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         target = SERVER.store.manifest_path(destination)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(found.read_bytes())
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        self.send_empty(200)
 
     # -- pull ---------------------------------------------------------------
     def pull(self, data: dict) -> None:

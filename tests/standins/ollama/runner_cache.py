@@ -11,7 +11,6 @@ removed, and a `vllm` metadata shim whose version contains "cpu" makes `vllm ser
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "models"))
 
-from tiny_model_cache import _key, _run, cache_root  # noqa: E402
+from tiny_model_cache import _key, _run, cache_lock, cache_root  # noqa: E402
 
 REQUIREMENTS = HERE / "runner-requirements.txt"
 # The system Python: lab hosts run the same Debian release, so the venv works inside them
@@ -39,9 +38,7 @@ def runner_venv(root: Path | None = None) -> Path:
     """The venv holding vLLM's CPU build, created when this recipe has not been built yet."""
     root = root or cache_root()
     venv = root / "venvs" / f"ollama-runner-{_key(Path(__file__), REQUIREMENTS)}"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / ".lock-runner", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock(venv.parent, ".lock-runner"):
         if (venv / ".installed").exists():
             return venv
         shutil.rmtree(venv, ignore_errors=True)

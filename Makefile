@@ -21,14 +21,15 @@ deps: ## Install the host packages the lab and the venv need (apt, as root)
 
 venv: $(VENV)/.installed ## Create the pinned controller toolchain in .venv
 
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --editable .
 	touch $@
 
 lab: deps venv ## Boot lab hosts, converge them with playbooks/site.yml, verify them, print a summary
 	scripts/lab up $(LAB_HOSTS) $(LAB_GPUS)
-	LAB_MODEL_DIR=$$(python tests/models/tiny_model_cache.py) python tests/standins/ollama/depot.py lab -- \
+	LAB_MODEL_DIR=$$(python tests/models/tiny_model_cache.py) python -m tests.standins.ollama.depot lab -- \
 		ansible-playbook -i inventory/lab playbooks/site.yml
 	scripts/lab status
 	@echo "lab is up; converge again: make lab; tear down: make lab-down"

@@ -1,4 +1,4 @@
-"""Filters for the .env of the RAG app (thin adapters over plugins/module_utils/llm_dotenv.py).
+"""Filters for the .env of the RAG app (thin adapters over llm_toolkit.envfile).
 
 {{ {'LLM_BACKEND': 'vllm', 'VLLM_API_KEY': key} | llm_dotenv }}           the file's text
 {{ {'LLM_BACKEND': 'vllm'} | llm_dotenv_errors }}                         refusals, naming keys only
@@ -8,14 +8,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from ansible.errors import AnsibleFilterError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
-
-from llm_dotenv import DotenvError, encode_value, render
+from llm_toolkit.envfile import DotenvError, encode_value, render
 
 DOCUMENTATION = """
 name: llm_env_filters

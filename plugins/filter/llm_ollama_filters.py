@@ -1,4 +1,4 @@
-"""Filters for the ollama role (thin adapters over plugins/module_utils/llm_ollama.py).
+"""Filters for the ollama role (thin adapters over llm_toolkit.host.llm_ollama).
 
 {{ ['mixtral', 'gemma2:2b'] | llm_ollama_names }}         ['mixtral:latest', 'gemma2:2b']
 {{ tags_answer | llm_ollama_digests }}                     {name: digest} from GET /api/tags
@@ -12,13 +12,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
+from llm_toolkit.host.llm_ollama import describe_progress, human_bytes, manifest_path, model_digests, normalize_name
 
-from llm_catalog import load_models, ollama_entry
-from llm_ollama import describe_progress, human_bytes, manifest_path, model_digests, normalize_name
+from llm_toolkit.catalog import load_models, ollama_entry
 
 DOCUMENTATION = """
 name: llm_ollama_filters

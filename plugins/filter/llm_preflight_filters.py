@@ -1,19 +1,14 @@
-"""Filter: the preflight report of one host (plugins/module_utils/llm_preflight.py).
+"""Filter: the preflight report of one host (llm_toolkit.preflight).
 
 {{ ansible_facts['nvidia_gpu'] | llm_preflight_report(ansible_facts['llm_host'], system, settings, host) }}
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from ansible.errors import AnsibleFilterError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
-
-from llm_catalog import load_gates, load_models, load_serving
-from llm_preflight import evaluate
+from llm_toolkit.catalog import load_gates, load_models, load_serving
+from llm_toolkit.preflight import evaluate
 
 DOCUMENTATION = """
 name: llm_preflight_filters

@@ -1,24 +1,27 @@
-"""Filters over the model catalog and the serving planner (plugins/module_utils/llm_planner.py).
+"""Filters over the model catalog and the serving planner (llm_toolkit.planner).
 
 {{ gpus | llm_serving_plan('mixtral-8x7b-instruct', 'awq') }}
     gpus: a list with one dict per GPU holding memory_total_mib and compute_cap, as the
     GPU facts give them; the plan is the dict scripts/plan.py --json prints.
 {{ 'mixtral-8x7b-instruct' | llm_catalog_model }}      the catalog entry
+{{ 'models' | llm_catalog }}                           a whole catalog file: models, serving or gates
 {{ 'mixtral:8x7b-instruct-q4_K_M' | llm_ollama_tag }}  the real tag (warns when it maps)
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from ansible.errors import AnsibleFilterError
 from ansible.utils.display import Display
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module_utils"))
-
-from llm_catalog import check_checkpoint, get_model, load_models, load_serving, resolve_ollama_tag
-from llm_planner import PlanError, plan, plan_with_tensor_parallel, request_for_gpus
+from llm_toolkit.catalog import (
+    check_checkpoint,
+    get_model,
+    load_gates,
+    load_models,
+    load_serving,
+    resolve_ollama_tag,
+)
+from llm_toolkit.planner import PlanError, plan, plan_with_tensor_parallel, request_for_gpus
 
 DOCUMENTATION = """
 name: llm_serving_filters
@@ -76,6 +79,15 @@ def catalog_model(key):
         raise AnsibleFilterError(f"llm_catalog_model: {error}") from None
 
 
+CATALOG_FILES = {"models": load_models, "serving": load_serving, "gates": load_gates}
+
+
+def catalog(name):
+    if name not in CATALOG_FILES:
+        raise AnsibleFilterError(f"llm_catalog: {name!r}; expected one of {', '.join(CATALOG_FILES)}")
+    return CATALOG_FILES[name]()
+
+
 def ollama_tag(tag):
     real, warning = resolve_ollama_tag(load_models(), tag)
     if warning:
@@ -88,5 +100,6 @@ class FilterModule:
         return {
             "llm_serving_plan": serving_plan,
             "llm_catalog_model": catalog_model,
+            "llm_catalog": catalog,
             "llm_ollama_tag": ollama_tag,
         }

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from lablib.core import COMMENT_PREFIX, bridge_name
+
+from scripts.lablib.core import COMMENT_PREFIX, bridge_name
+from tests.standins.ollama import depot
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_SCRIPT = REPO / "scripts" / "lab"
@@ -210,9 +212,6 @@ DEPOT_PORT = 8765
 
 @pytest.fixture(scope="session")
 def depot_server(session_lab, tiny_model):
-    sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
-    import depot  # noqa: PLC0415 - test-only stand-in tooling
-
     url = depot.lab_url(session_lab.name, DEPOT_PORT)
     root = LAB_HOME / "depots" / session_lab.name
     depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])

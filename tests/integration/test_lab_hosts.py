@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import SESSION_LAB, SESSION_PROFILES, lab
+from tests.integration.conftest import SESSION_LAB, SESSION_PROFILES, lab
 
 
 def test_every_host_runs_systemd_as_pid1_and_reports_running(session_lab):

@@ -7,8 +7,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import LAB_HOME, lab, leftovers, processes_matching, require_lab
-from lablib.system import SSH_OPTIONS
+
+from scripts.lablib.system import SSH_OPTIONS
+from tests.integration.conftest import LAB_HOME, lab, leftovers, processes_matching, require_lab
 
 NAME = "cycle"
 

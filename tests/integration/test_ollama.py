@@ -16,8 +16,9 @@ import json
 import re
 
 import pytest
-from conftest import NEW_OLLAMA as NEW
-from conftest import OLD_OLLAMA as OLD
+
+from tests.integration.conftest import NEW_OLLAMA as NEW
+from tests.integration.conftest import OLD_OLLAMA as OLD
 
 CPU_HOST = "itest3"
 GPU_HOST = "itest1"  # simulated 4x A100 40GB

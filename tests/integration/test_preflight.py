@@ -5,7 +5,8 @@ import math
 import shutil
 
 import pytest
-from conftest import LAB_HOME, REPO, SESSION_LAB, SESSION_PROFILES, lab, run_playbook
+
+from tests.integration.conftest import LAB_HOME, REPO, SESSION_LAB, SESSION_PROFILES, lab, run_playbook
 
 MIB = 2**20
 # Expected verdicts with the default model (Mixtral 8x7B; Ollama 0.32.15; vLLM 0.33.0 cu129 serving AWQ),
@@ -163,7 +164,7 @@ def test_too_little_disk_for_the_model_fails_with_the_sizes(session_lab, tmp_pat
 def test_bad_input_is_refused_before_anything_is_measured(session_lab):
     run = session_lab.playbook("-e", "llm_preflight_model=mixtral", playbook="playbooks/preflight.yml")
     assert run.returncode != 0
-    assert "llm_preflight_model=mixtral is not in catalog/models.yml" in run.output
+    assert "llm_preflight_model=mixtral is not in src/llm_toolkit/catalog/models.yml" in run.output
     assert "gather | Read the NVIDIA GPUs" not in run.output
     run = session_lab.playbook(
         "-e", '{"llm_preflight_allow_unsupported_os": "false"}', playbook="playbooks/preflight.yml"

@@ -4,7 +4,8 @@ import json
 import re
 
 import pytest
-from conftest import REPO
+
+from tests.integration.conftest import REPO
 
 VERIFY_BASE = REPO / "tests" / "verify" / "test_base.py"
 

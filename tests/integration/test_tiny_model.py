@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from tiny_model_cache import REQUIREMENTS, build_venv, cache_root
+from tests.models.tiny_model_cache import REQUIREMENTS, build_venv, cache_root
 
 # Reloads the saved files (not the model the build trained in memory) and decodes greedily.
 GREEDY_FROM_DISK = """

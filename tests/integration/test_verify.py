@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+
+from tests.integration.conftest import REPO
 
 HOST = "itest3"
 CANARY = "canary-key-7f3a9c"

@@ -1,18 +1,14 @@
 """Phase 2 on a CPU lab host: the real vLLM CPU build, as a hardened systemd service, serving the tiny model."""
 
 import json
-import sys
 import time
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO, lab
 
-sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
-sys.path.insert(0, str(REPO / "tests" / "standins" / "hf_hub"))
-
-import depot
-import hf_hub_standin
+from tests.integration.conftest import lab
+from tests.standins.hf_hub import hf_hub_standin
+from tests.standins.ollama import depot
 
 HOST = "itest3"  # the session lab's CPU host
 CANARY = "canary-key-7f3a9c"

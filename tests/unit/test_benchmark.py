@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: timing accuracy against a server with injected delays, outputs, and faults.
+"""The benchmark (llm_toolkit.benchmark): timing accuracy against a server with injected delays, outputs, faults.
 
 The timed server here is a test double with known delays (time to first token, gap between tokens),
 so that what the benchmark measures can be compared with what was injected; the benchmark against
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from llm_toolkit import benchmark
+from llm_toolkit.catalog import load_models
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "benchmark.py"
-sys.path.insert(0, str(REPO / "scripts"))
-
-import benchmark  # noqa: E402
 
 TTFT, GAP, TOKENS = 0.25, 0.04, 11
 
@@ -206,9 +206,6 @@ def test_an_unreachable_url_exits_2_and_bad_arguments_too():
 
 
 def test_the_memory_bandwidth_bound_counts_only_active_experts():
-    sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
-    from llm_catalog import load_models  # noqa: PLC0415
-
     models = load_models()
     mixtral = benchmark.active_weight_fraction(models["mixtral-8x7b-instruct"]["architecture"])
     assert mixtral == pytest.approx(12.9 / 46.7, rel=0.05)  # 12.9B of 46.7B parameters per token

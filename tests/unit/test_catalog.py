@@ -1,4 +1,4 @@
-"""The model catalog (catalog/models.yml) and its checks, the plan CLI, and the Ansible filter."""
+"""The model catalog (src/llm_toolkit/catalog/models.yml) and its checks, the plan CLI, and the Ansible filter."""
 
 import json
 import os
@@ -7,15 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from llm_catalog import (
+
+from llm_toolkit.catalog import (
     check_checkpoint,
     entry_from_config_json,
     estimate_weights_bytes,
     load_models,
     resolve_ollama_tag,
 )
-from llm_planner import PlanError
-from llm_serving_filters import FilterModule
+from llm_toolkit.planner import PlanError
+from tests.ansible_plugins import ansible_filter
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = load_models()
@@ -289,18 +290,17 @@ def test_cli_plans_a_local_config_json(tmp_path):
 
 
 def test_the_filter_plans_from_gpu_facts():
-    filters = FilterModule().filters()
     gpus = [{"memory_total_mib": 23028, "compute_cap": "8.6"}] * 2
-    result = filters["llm_serving_plan"](gpus, "mixtral-8x7b-instruct", "awq")
+    result = ansible_filter("llm_serving_plan")(gpus, "mixtral-8x7b-instruct", "awq")
     assert result["tensor_parallel_size"] == 2
     mixed = [{"memory_total_mib": 81920, "compute_cap": "8.0"}, {"memory_total_mib": 23028, "compute_cap": "7.5"}]
-    planned = filters["llm_serving_plan"](mixed, "mistral-7b-instruct", "awq")
+    planned = ansible_filter("llm_serving_plan")(mixed, "mistral-7b-instruct", "awq")
     assert (planned["gpu_mem_mib"], planned["compute_cap"]) == (23028, "7.5")
-    assert filters["llm_catalog_model"]("gemma2-2b")["ollama"]["tag"] == "gemma2:2b"
+    assert ansible_filter("llm_catalog_model")("gemma2-2b")["ollama"]["tag"] == "gemma2:2b"
 
 
 def test_the_filter_takes_an_operators_tp_and_can_return_its_refusal():
-    plan_filter = FilterModule().filters()["llm_serving_plan"]
+    plan_filter = ansible_filter("llm_serving_plan")
     gpus = [{"memory_total_mib": 23028, "compute_cap": "8.6"}] * 4
     assert plan_filter(gpus, "mixtral-8x7b-instruct", "awq", tensor_parallel_size=4)["tensor_parallel_size"] == 4
     refused = plan_filter(gpus, "mixtral-8x7b-instruct", "awq", tensor_parallel_size=3, errors="return")

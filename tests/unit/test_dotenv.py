@@ -1,18 +1,12 @@
 """The .env encoding round-trips through python-dotenv, the consumer it is written for."""
 
 import io
-import sys
-from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
-sys.path.insert(0, str(REPO / "plugins" / "filter"))
-
-from llm_dotenv import DotenvError, encode_line, render  # noqa: E402
-from llm_env_filters import FilterModule  # noqa: E402
+from llm_toolkit.envfile import DotenvError, encode_line, render
+from tests.ansible_plugins import ansible_filter
 
 AWKWARD = [
     "plain",
@@ -71,15 +65,14 @@ def test_booleans_numbers_and_none_are_written_as_text():
 
 
 def test_the_filters_render_and_list_refusals_by_key():
-    filters = FilterModule().filters()
-    assert filters["llm_dotenv"]({"A": "x"}) == "A='x'\n"
-    assert filters["llm_dotenv_errors"]({"A": "ok", "B": "bad\nvalue"}) == [
+    assert ansible_filter("llm_dotenv")({"A": "x"}) == "A='x'\n"
+    assert ansible_filter("llm_dotenv_errors")({"A": "ok", "B": "bad\nvalue"}) == [
         ".env value of B holds a newline, which python-dotenv cannot read back; fix: remove it"
     ]
 
 
 def test_recorded_backends_come_vllm_first_and_only_when_recorded():
-    recorded = FilterModule().filters()["llm_recorded_backends"]
+    recorded = ansible_filter("llm_recorded_backends")
     ollama, vllm = {"backend": "ollama"}, {"backend": "vllm"}
     assert recorded({"llm_ollama": ollama, "llm_vllm": vllm, "llm_toolkit": {}}) == [vllm, ollama]
     assert recorded({"llm_ollama": ollama}) == [ollama]

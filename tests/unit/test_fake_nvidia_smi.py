@@ -5,7 +5,8 @@ import re
 import subprocess
 
 import pytest
-from fake_nvidia_smi import PROFILES, run
+
+from tests.standins.nvidia_smi.fake_nvidia_smi import PROFILES, run
 
 ALL_PROFILES = sorted(json.loads(PROFILES.read_text()))
 GPU_PROFILES = [name for name in ALL_PROFILES if "error" not in json.loads(PROFILES.read_text())[name]]

@@ -3,8 +3,7 @@
 from pathlib import Path
 
 import pytest
-from fake_nvidia_smi import run as fake_nvidia_smi
-from llm_gpu import (
+from llm_toolkit.host.llm_gpu import (
     GPU_QUERY_FIELDS,
     classify_failure,
     collect,
@@ -19,6 +18,8 @@ from llm_gpu import (
     parse_nvcc,
     version_tuple,
 )
+
+from tests.standins.nvidia_smi.fake_nvidia_smi import run as fake_nvidia_smi
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nvidia_smi"
 

@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from llm_toolkit.host.llm_hf import HubError, backoff, check_request, classify, commit_of, files_to_fetch
+
+from tests.standins.hf_hub import hf_hub_standin
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
-sys.path.insert(0, str(REPO / "tests" / "standins" / "hf_hub"))
-
-import hf_hub_standin  # noqa: E402
-from llm_hf import HubError, backoff, check_request, classify, commit_of, files_to_fetch  # noqa: E402
 
 ANSIBLE = str(Path(sys.executable).parent / "ansible")
 TOKEN = "hf_canary_token_0123456789"

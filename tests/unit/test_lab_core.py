@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lablib.core import (
+
+from scripts.lablib.core import (
     DEFAULT_SUBNET,
     LabError,
     LabSpec,

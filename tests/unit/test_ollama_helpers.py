@@ -1,16 +1,9 @@
 """The ollama role's pure helpers: pull progress, error classes, retries, names, catalog sizes."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
-sys.path.insert(0, str(REPO / "plugins" / "filter"))
-
-from llm_ollama import (  # noqa: E402
+from llm_toolkit.host.llm_ollama import (
     PullProgress,
     backoff_delays,
     describe_progress,
@@ -22,9 +15,9 @@ from llm_ollama import (  # noqa: E402
     normalize_name,
     partial_files,
 )
-from llm_ollama_filters import FilterModule  # noqa: E402
 
-FILTERS = FilterModule().filters()
+from tests.ansible_plugins import ansible_filter
+
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 
@@ -141,14 +134,14 @@ def test_human_bytes_uses_decimal_units_like_ollama():
 
 
 def test_download_size_comes_from_the_override_then_the_catalog_else_zero():
-    size = FILTERS["llm_ollama_download_gb"]
+    size = ansible_filter("llm_ollama_download_gb")
     assert size("gemma2:2b") == 1.6
     assert size("gemma2:2b", {"gemma2:2b": 0.01}) == 0.01
     assert size("someone/else:1b") == 0.0
 
 
 def test_catalog_entry_names_the_real_tag_for_an_alias_and_suggests_for_unknown_tags():
-    entry = FILTERS["llm_ollama_entry"]
+    entry = ansible_filter("llm_ollama_entry")
     alias = entry("mixtral:8x7b-instruct-q4_K_M")
     assert alias["alias"] is True
     assert alias["tag"] == "mixtral:8x7b-instruct-v0.1-q4_K_M"
@@ -162,7 +155,7 @@ def test_catalog_entry_names_the_real_tag_for_an_alias_and_suggests_for_unknown_
 
 
 def test_filter_progress_reads_the_progress_file_text():
-    progress = FILTERS["llm_ollama_progress"]
+    progress = ansible_filter("llm_ollama_progress")
     assert progress("m", "") == "m: starting"
     assert progress("m", "{broken") == "m: starting"
     text = json.dumps({"status": "pulling x", "completed": 1, "total": 4, "percent": 25.0})

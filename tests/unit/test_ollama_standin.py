@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "standins" / "ollama"))
+from tests.standins.ollama import depot
 
-import depot  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 TAG = "mixtral:8x7b-instruct-v0.1-q4_K_M"
 VERSION = "0.32.15"

@@ -3,8 +3,9 @@
 import math
 
 import pytest
-from llm_catalog import load_models, load_serving
-from llm_planner import (
+
+from llm_toolkit.catalog import load_models, load_serving
+from llm_toolkit.planner import (
     PlanError,
     PlanRequest,
     kv_bytes_per_token_per_gpu,

@@ -1,10 +1,11 @@
 """Preflight verdicts (plugins/module_utils/llm_preflight.py): every gate, its boundary and its fix."""
 
 import pytest
-from llm_catalog import load_gates, load_models, load_serving
-from llm_gpu import collect
-from llm_preflight import evaluate, max_cuda_for_driver
-from test_gpu_facts import FakeFiles, stand_in
+from llm_toolkit.host.llm_gpu import collect
+
+from llm_toolkit.catalog import load_gates, load_models, load_serving
+from llm_toolkit.preflight import evaluate, max_cuda_for_driver
+from tests.unit.test_gpu_facts import FakeFiles, stand_in
 
 GATES = load_gates()
 MODELS = load_models()

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from llm_toolkit import smoke_test
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "smoke_test.py"
-sys.path.insert(0, str(REPO / "scripts"))
-
-import smoke_test  # noqa: E402
 
 ITALIAN = "Ciao! Sono un piccolo modello di prova. Posso rispondere in italiano."
 ENGLISH = "Hello! I am a tiny test model. I can answer in English and Italian."

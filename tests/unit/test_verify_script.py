@@ -5,10 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
+from llm_toolkit import verify
 
-import verify  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 REPORT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">

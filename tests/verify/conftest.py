@@ -6,7 +6,8 @@ have is skipped with that reason, never failed.
 """
 
 import pytest
-from verify_helpers import BACKENDS, FACTS_DIR, local_fact
+
+from tests.verify.verify_helpers import BACKENDS, FACTS_DIR, local_fact
 
 
 @pytest.fixture(params=BACKENDS, ids=[f"backend={name}" for name in BACKENDS])

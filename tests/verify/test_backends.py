@@ -8,7 +8,7 @@ Parametrized over the backends; a backend that is not deployed on a host is skip
 import json
 import shlex
 
-from verify_helpers import vllm_api_key
+from tests.verify.verify_helpers import vllm_api_key
 
 LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 HARDENING = {

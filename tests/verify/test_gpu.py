@@ -1,23 +1,17 @@
-"""Host verifier: the NVIDIA driver and CUDA still meet the gates of what is deployed (catalog/gates.yml).
+"""Host verifier: the NVIDIA driver and CUDA still meet the gates of what is deployed (the catalog's gates.yml).
 
 A driver upgrade or rollback after provisioning can leave a backend on a driver its runtime cannot
 use (Ollama falls back to the CPU without an error); this catches it. Hosts without nvidia-smi
 (CPU hosts) are skipped.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
-import yaml
-from verify_helpers import local_fact
+from llm_toolkit.host.llm_gpu import parse_cuda_version, parse_driver_version, version_tuple
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
+from llm_toolkit.catalog import load_gates
+from tests.verify.verify_helpers import local_fact
 
-from llm_gpu import parse_cuda_version, parse_driver_version, version_tuple  # noqa: E402
-
-GATES = yaml.safe_load((REPO / "catalog" / "gates.yml").read_text())
+GATES = load_gates()
 
 
 def required_drivers(host) -> dict[str, str]:

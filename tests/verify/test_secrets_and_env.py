@@ -4,7 +4,8 @@ import io
 
 import pytest
 from dotenv import dotenv_values
-from verify_helpers import local_fact, vllm_api_key
+
+from tests.verify.verify_helpers import local_fact, vllm_api_key
 
 SECRET_KEYS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 

@@ -226,10 +226,8 @@ def serve(root: Path, url: str, command: list[str]) -> int:
 
 def build_lab_depot(root: Path, url: str, versions: list[str]) -> None:
     """A depot for a lab: the stand-in releases asked for and the tiny model under the catalog's tags."""
-    sys.path.insert(0, str(HERE))
-    sys.path.insert(0, str(HERE.parents[1] / "models"))
-    from runner_cache import runner_venv  # noqa: PLC0415 - slow imports only when building
-    from tiny_model_cache import tiny_mixtral  # noqa: PLC0415
+    from tests.models.tiny_model_cache import tiny_mixtral  # noqa: PLC0415 - only when building
+    from tests.standins.ollama.runner_cache import runner_venv  # noqa: PLC0415
 
     venv, model = runner_venv(), tiny_mixtral()
     shutil.rmtree(root, ignore_errors=True)

@@ -12,13 +12,11 @@ removed, and a `vllm` metadata shim whose version contains "cpu" makes `vllm ser
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "models"))
+from tests.models.tiny_model_cache import _key, _run, cache_lock, cache_root
 
-from tiny_model_cache import _key, _run, cache_lock, cache_root  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 REQUIREMENTS = HERE / "runner-requirements.txt"
 # The system Python: lab hosts run the same Debian release, so the venv works inside them

@@ -1,18 +1,22 @@
-"""The model catalog (catalog/models.yml) and its checks: model keys, Ollama tags, checkpoints.
+"""The model catalog and its checks: model keys, Ollama tags, checkpoints.
 
-Runs on the controller (it reads YAML with PyYAML, which ansible-core depends on).
+The data lives beside this module: models.yml (the models), serving.yml (what the planner applies
+to every model) and gates.yml (the preflight gates). It needs PyYAML (a dependency of ansible-core
+on the controller, and pinned in the hosts' helper venv for the benchmark).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+from importlib import resources
 from pathlib import Path
 
 import yaml
-from llm_planner import FORMATS, PlanError
 
-CATALOG_DIR = Path(__file__).resolve().parents[2] / "catalog"
+from llm_toolkit.planner import FORMATS, PlanError
+
+CATALOG_DIR = resources.files(__name__)
 ARCHITECTURE_FROM_CONFIG = {
     "num_layers": ("num_hidden_layers",),
     "hidden_size": ("hidden_size",),

@@ -1,4 +1,4 @@
-"""Preflight verdicts: every gate of catalog/gates.yml applied to one host's facts.
+"""Preflight verdicts: every gate of the catalog's gates.yml applied to one host's facts.
 
 Pure Python on the controller: the facts come from the nvidia_gpu_facts and llm_host_facts
 modules and Ansible's own facts; the report says, per check, what was measured, what is
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from llm_gpu import version_tuple
-from llm_planner import PlanError, lowest_compute_cap, plan, request_for_gpus
+from llm_toolkit.host.llm_gpu import version_tuple
+from llm_toolkit.planner import PlanError, lowest_compute_cap, plan, request_for_gpus
 
 PHASES = ("phase1", "phase2")
 MIB = 2**20
@@ -281,7 +281,7 @@ def _ollama_checks(report, gpu, settings, gates, models, lowest_cc, measured_dri
             False,
             settings["ollama_version"],
             f"one of {', '.join(gates['backends']['ollama'])}",
-            "add its gates to catalog/gates.yml",
+            "add its gates to src/llm_toolkit/catalog/gates.yml",
         )
         return
     old_gpu = lowest_cc and version_tuple(lowest_cc) < version_tuple(pin["old_gpu_below_compute_capability"])
@@ -324,8 +324,8 @@ def _vllm_checks(report, gpu, settings, gates, models, serving, lowest_cc, measu
             ["phase2"],
             False,
             f"{settings['vllm_version']} {build}",
-            "a version and CUDA build listed in catalog/gates.yml",
-            "add its gates to catalog/gates.yml",
+            "a version and CUDA build listed in src/llm_toolkit/catalog/gates.yml",
+            "add its gates to src/llm_toolkit/catalog/gates.yml",
         )
         return None
     cuda = pin["cuda_builds"][build]

@@ -1,7 +1,7 @@
 """Serving planner: the smallest valid tensor-parallel size that fits, proven and explained.
 
 Pure Python (standard library only): the catalog entry and the serving facts come in as
-dicts (catalog/models.yml, catalog/serving.yml), the plan goes out as a dict. Used by
+dicts (src/llm_toolkit/catalog/models.yml, src/llm_toolkit/catalog/serving.yml), the plan goes out as a dict. Used by
 scripts/plan.py, the llm_serving_plan filter, preflight and the vLLM role.
 
 Sizing, per GPU, for tensor-parallel size t (shared/reference/facts.md §3.4):

@@ -1,0 +1,562 @@
+"""Benchmark one LLM backend on the RAG app's Italian queries: latency, time to first token, decode
+speed, and the time of the 3 drafts the app writes per answer.
+
+    scripts/benchmark.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR]
+        [--runs N] [--warmup K] [--drafts 3] [--max-tokens T] [--queries FILE]
+        [--json OUT] [--markdown OUT] [--plot OUT.png] [--gpu NAME] [--catalog-model KEY --format F]
+    scripts/benchmark.py --compare A.json B.json ... [--markdown OUT] [--plot OUT.png]
+
+Every time is taken on the client with a monotonic clock. Per query and run: one streamed request
+(latency; time to first token = the first chunk with non-empty content, not the empty role chunk;
+decode tokens/s = tokens after the first / time from the first to the last token, counting the
+tokens the server reports where the API gives them, else the streamed chunks, and saying which),
+then `--drafts` concurrent requests (their wall time), and on the OpenAI API one request with
+n=drafts. Warm-up runs are not recorded. Where nvidia-smi answers, GPU utilization and memory
+are sampled every second during the run. --compare renders one table and chart over several reports.
+
+Exit status: 0 every request succeeded; 1 a request failed after some were measured (the run
+stops there; the samples gathered so far are kept in the JSON); 2 bad arguments, or the first
+request failed (unreachable, a wrong model name, 401, a server error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from llm_toolkit.catalog import get_model, load_models
+
+QUERIES = ["Come posso lavare la mia auto?", "Come rimuovere graffi dalla vernice?", "Prodotti per pulire gli interni?"]
+
+# Memory bandwidth of GPUs (GB/s, vendor data sheets), for the decode speed bound.
+GPU_BANDWIDTH_GBPS = {
+    "H100 80GB HBM3": 3350,
+    "H100 PCIe": 2000,
+    "H200": 4800,
+    "A100-SXM4-80GB": 2039,
+    "A100 80GB PCIe": 1935,
+    "A100-SXM4-40GB": 1555,
+    "A100-PCIE-40GB": 1555,
+    "L40S": 864,
+    "L4": 300,
+    "A10G": 600,
+    "A10": 600,
+    "T4": 320,
+    "RTX A2000": 288,
+}
+
+
+class BenchmarkError(Exception):
+    """A request failed; the message says how (HTTP status, unreachable, a malformed answer)."""
+
+
+# -- pure helpers -------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Linear-interpolated percentile (fraction in [0, 1]); None for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def decode_rate(tokens: int, first: float | None, last: float | None) -> float | None:
+    """Tokens after the first divided by the time from the first to the last token."""
+    if first is None or last is None or tokens < 2 or last <= first:
+        return None
+    return (tokens - 1) / (last - first)
+
+
+def bandwidth_for(gpu_name: str | None) -> float | None:
+    """GB/s of the first table entry whose name occurs in the GPU's name (longest names first)."""
+    if not gpu_name:
+        return None
+    for name in sorted(GPU_BANDWIDTH_GBPS, key=len, reverse=True):
+        if name.lower() in gpu_name.lower():
+            return GPU_BANDWIDTH_GBPS[name]
+    return None
+
+
+def active_weight_fraction(arch: dict) -> float:
+    """Share of the weights read per token: all of a dense model; for MoE, only the active experts' MLPs."""
+    experts, active = arch.get("num_experts", 1), arch.get("experts_per_token", 1)
+    if experts <= 1:
+        return 1.0
+    hidden, layers = arch["hidden_size"], arch["num_layers"]
+    head_dim = hidden // arch["num_attention_heads"]
+    attention = hidden * (hidden + 2 * arch["num_kv_heads"] * head_dim) + hidden * hidden
+    mlp = 3 * hidden * arch["intermediate_size"]
+    embeddings = 2 * arch["vocab_size"] * hidden
+    total = layers * (attention + experts * mlp) + embeddings
+    used = layers * (attention + active * mlp) + embeddings
+    return used / total
+
+
+def decode_bound(weights_gb: float, fraction: float, bandwidth_gbps: float, tensor_parallel: int = 1) -> float:
+    """Upper bound of single-stream decode tokens/s: bandwidth / bytes of weights read per token."""
+    return bandwidth_gbps * tensor_parallel / (weights_gb * fraction)
+
+
+def summarise(samples: list[dict]) -> dict:
+    """The JSON contract's summary over every recorded sample."""
+    single = [s for s in samples if s["kind"] == "single" and not s.get("error")]
+    drafts = [s for s in samples if s["kind"] == "drafts" and not s.get("error")]
+    n_requests = [s for s in samples if s["kind"] == "n" and not s.get("error")]
+    rates = [s["decode_tokens_per_s"] for s in single if s.get("decode_tokens_per_s")]
+    sources = sorted({s["token_source"] for s in single if s.get("token_source")})
+    return {
+        "latency_s_p50": percentile([s["latency_s"] for s in single], 0.5),
+        "latency_s_p90": percentile([s["latency_s"] for s in single], 0.9),
+        "ttft_s_p50": percentile([s["ttft_s"] for s in single if s.get("ttft_s") is not None], 0.5),
+        "decode_tokens_per_s_p50": percentile(rates, 0.5),
+        "drafts_wall_s_p50": percentile([s["wall_s"] for s in drafts], 0.5),
+        "n_drafts_wall_s_p50": percentile([s["wall_s"] for s in n_requests], 0.5),
+        "errors": sum(1 for s in samples if s.get("error")),
+        "samples": len(samples),
+        "token_count_source": "+".join(sources) or None,
+    }
+
+
+def markdown(config: dict, summary: dict, per_query: dict) -> str:
+    """A table shaped like the plan's: configuration, single query, 3 drafts, tokens/s."""
+
+    def seconds(value: float | None) -> str:
+        return f"{value:.2f} s" if value is not None else "n/a"
+
+    def rate(value: float | None) -> str:
+        return f"{value:.1f}" if value is not None else "n/a"
+
+    label = f"{config['backend']} {config['model']}"
+    lines = [
+        f"# Benchmark: {label} ({config['base_url']})",
+        "",
+        "| Configuration | Single query (p50) | 3 drafts (p50) | Tokens/s (p50) | TTFT (p50) | Errors |",
+        "|---|---|---|---|---|---|",
+        f"| {label} | {seconds(summary['latency_s_p50'])} | {seconds(summary['drafts_wall_s_p50'])} | "
+        f"{rate(summary['decode_tokens_per_s_p50'])} | {seconds(summary['ttft_s_p50'])} | {summary['errors']} |",
+        "",
+        "| Query | Single query (p50) | 3 drafts (p50) | Tokens/s (p50) |",
+        "|---|---|---|---|",
+    ]
+    for query, stats in per_query.items():
+        lines.append(
+            f"| {query} | {seconds(stats['latency_s_p50'])} | {seconds(stats['drafts_wall_s_p50'])} | "
+            f"{rate(stats['decode_tokens_per_s_p50'])} |"
+        )
+    if config.get("hardware_bound_tokens_per_s"):
+        lines += [
+            "",
+            f"Single-stream decode reached {config['fraction_of_bound']:.0%} of the memory-bandwidth bound "
+            f"({config['hardware_bound_tokens_per_s']:.0f} tokens/s on {config['gpu']}).",
+        ]
+    lines += ["", f"Tokens counted from: {summary['token_count_source']}."]
+    return "\n".join(lines) + "\n"
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def _post(session: requests.Session, url: str, body: dict, headers: dict, timeout: float, stream: bool):
+    try:
+        response = session.post(url, json=body, headers=headers, timeout=timeout, stream=stream)
+    except requests.RequestException as error:
+        raise BenchmarkError(f"{url} is unreachable: {error.__class__.__name__}") from error
+    if response.status_code != 200:
+        raise BenchmarkError(f"{url} answered HTTP {response.status_code}: {response.text.strip()[:200]}")
+    return response
+
+
+def stream_once(args: argparse.Namespace, query: str, session: requests.Session) -> dict:
+    """One streamed request: latency, time to first content token, tokens and decode rate."""
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    messages = [{"role": "user", "content": query}]
+    if args.api == "ollama":
+        url = f"{args.base_url}/api/chat"
+        body = {"model": args.model, "messages": messages, "stream": True, "options": {"num_predict": args.max_tokens}}
+    else:
+        url = f"{args.base_url}/v1/chat/completions"
+        body = {
+            "model": args.model,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": args.max_tokens,
+            "stream_options": {"include_usage": True},
+        }
+    started = time.perf_counter()
+    response = _post(session, url, body, headers, args.timeout, stream=True)
+    first = last = None
+    chunks, reported = 0, None
+    with response:
+        for raw in response.iter_lines(chunk_size=None):
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            if args.api == "openai":
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("error"):
+                    raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
+                if event.get("usage"):
+                    reported = event["usage"].get("completion_tokens", reported)
+                text = "".join((choice.get("delta") or {}).get("content") or "" for choice in event.get("choices", []))
+            else:
+                event = json.loads(line)
+                if event.get("error"):
+                    raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
+                if event.get("done"):
+                    reported = event.get("eval_count", reported)
+                text = (event.get("message") or {}).get("content") or ""
+            if text:
+                now = time.perf_counter()
+                first = first if first is not None else now
+                last = now
+                chunks += 1
+    ended = time.perf_counter()
+    tokens = reported if reported else chunks
+    return {
+        "latency_s": ended - started,
+        "ttft_s": (first - started) if first is not None else None,
+        "tokens": tokens,
+        "token_source": "usage" if reported else "chunks",
+        "decode_tokens_per_s": decode_rate(tokens, first, last),
+    }
+
+
+def drafts_at_once(args: argparse.Namespace, query: str) -> dict:
+    """`--drafts` concurrent streamed requests for the same query: their wall time."""
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.drafts) as pool:
+        futures = [pool.submit(stream_once, args, query, requests.Session()) for _ in range(args.drafts)]
+        results = [future.result() for future in futures]
+    return {"wall_s": time.perf_counter() - started, "tokens": sum(r["tokens"] for r in results)}
+
+
+def n_at_once(args: argparse.Namespace, query: str, session: requests.Session) -> dict:
+    """One OpenAI request with n=drafts (the server batches the drafts itself)."""
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    body = {
+        "model": args.model,
+        "messages": [{"role": "user", "content": query}],
+        "max_tokens": args.max_tokens,
+        "n": args.drafts,
+    }
+    started = time.perf_counter()
+    response = _post(session, f"{args.base_url}/v1/chat/completions", body, headers, args.timeout, stream=False)
+    payload = response.json()
+    if len(payload.get("choices", [])) != args.drafts:
+        raise BenchmarkError(f"n={args.drafts} gave {len(payload.get('choices', []))} choices")
+    return {"wall_s": time.perf_counter() - started, "tokens": (payload.get("usage") or {}).get("completion_tokens")}
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, queries: list[str], progress) -> tuple[list[dict], str | None]:
+    """Every measurement in order; stops at the first failed request and returns its message."""
+    session = requests.Session()
+    samples: list[dict] = []
+    kinds = [("single", lambda q: stream_once(args, q, session)), ("drafts", lambda q: drafts_at_once(args, q))]
+    if args.api == "openai" and args.drafts > 1:
+        kinds.append(("n", lambda q: n_at_once(args, q, session)))
+    for index in range(args.warmup + args.runs):
+        for query in queries:
+            for kind, measure in kinds:
+                sample = {"query": query, "kind": kind, "run": index - args.warmup, "warmup": index < args.warmup}
+                try:
+                    sample.update(measure(query))
+                except (BenchmarkError, ValueError, requests.RequestException) as error:
+                    sample["error"] = str(error)
+                    samples.append(sample)
+                    return samples, sample["error"]
+                if index >= args.warmup:
+                    samples.append(sample)
+                progress.update(1)
+    return samples, None
+
+
+class GpuSampler:
+    """Samples GPU utilization and memory with nvidia-smi once a second while the run lasts (NVIDIA hosts)."""
+
+    QUERY = (
+        "nvidia-smi",
+        "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+        "--format=csv,noheader,nounits",
+    )
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self) -> list[dict]:
+        try:
+            result = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        rows = []
+        for line in result.stdout.splitlines() if result.returncode == 0 else []:
+            fields = [field.strip() for field in line.split(",")]
+            if len(fields) == 4 and all(field.replace(".", "").isdigit() for field in fields):
+                index, util, used, total = fields
+                rows.append(
+                    {
+                        "gpu": int(index),
+                        "utilization_pct": float(util),
+                        "memory_used_mib": float(used),
+                        "memory_total_mib": float(total),
+                    }
+                )
+        return rows
+
+    def _loop(self) -> None:
+        started = time.perf_counter()
+        while not self._stop.is_set():
+            for row in self._read():
+                self.samples.append({"t_s": round(time.perf_counter() - started, 2), **row})
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> GpuSampler:
+        if self._read():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {
+            "samples": len(self.samples),
+            "utilization_pct_mean": sum(s["utilization_pct"] for s in self.samples) / len(self.samples),
+            "utilization_pct_max": max(s["utilization_pct"] for s in self.samples),
+            "memory_used_mib_max": max(s["memory_used_mib"] for s in self.samples),
+        }
+
+
+def per_query(samples: list[dict], queries: list[str]) -> dict:
+    return {query: summarise([s for s in samples if s["query"] == query]) for query in queries}
+
+
+def plot(path: Path, config: dict, summary: dict, per_query_stats: dict) -> None:
+    """A chart of latency, 3-draft time and decode speed per query (matplotlib, no display)."""
+    import matplotlib  # noqa: PLC0415 - heavy, only when a chart is asked for
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # noqa: PLC0415
+
+    labels = list(per_query_stats)
+    figure, (times, speed) = pyplot.subplots(1, 2, figsize=(11, 4))
+    positions = range(len(labels))
+    single = [per_query_stats[q]["latency_s_p50"] or 0 for q in labels]
+    drafts = [per_query_stats[q]["drafts_wall_s_p50"] or 0 for q in labels]
+    times.bar([p - 0.2 for p in positions], single, width=0.4, label="single query (p50)")
+    times.bar([p + 0.2 for p in positions], drafts, width=0.4, label=f"{config['drafts']} drafts (p50)")
+    times.set_xticks(list(positions), [q[:24] for q in labels], rotation=15, fontsize=8)
+    times.set_ylabel("seconds")
+    times.legend()
+    speed.bar(list(positions), [per_query_stats[q]["decode_tokens_per_s_p50"] or 0 for q in labels])
+    speed.set_xticks(list(positions), [q[:24] for q in labels], rotation=15, fontsize=8)
+    speed.set_ylabel("decode tokens/s (p50)")
+    figure.suptitle(f"{config['backend']} {config['model']}: p50 {summary['latency_s_p50'] or 0:.2f} s per query")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--api", required=True, choices=["openai", "ollama"])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--api-key-env", default="")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--drafts", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--queries", type=Path, help="one query per line (default: the plan's three)")
+    parser.add_argument("--json", type=Path, dest="json_out")
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--gpu", default="", help="GPU name, for the memory-bandwidth bound")
+    parser.add_argument("--catalog-model", default="", help="catalog key, for the bound (weights read per token)")
+    parser.add_argument("--format", default="awq", help="weights format of --catalog-model")
+    parser.add_argument("--tensor-parallel", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if not re.match(r"^https?://[^\s/]+", args.base_url):
+        parser.error(f"--base-url {args.base_url!r} is not an http(s) URL")
+    if args.runs < 1 or args.warmup < 0 or args.drafts < 1 or args.max_tokens < 1:
+        parser.error("--runs, --drafts and --max-tokens must be positive and --warmup not negative")
+    if args.api_key_env and args.api_key_env not in os.environ:
+        parser.error(f"--api-key-env {args.api_key_env}: no such environment variable")
+    if args.queries and not args.queries.is_file():
+        parser.error(f"--queries {args.queries}: no such file")
+    args.base_url = args.base_url.rstrip("/").removesuffix("/v1")
+    args.api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    return args
+
+
+def hardware_config(args: argparse.Namespace) -> dict:
+    bandwidth = bandwidth_for(args.gpu)
+    if not (bandwidth and args.catalog_model):
+        return {}
+    entry = get_model(load_models(), args.catalog_model)
+    weights_gb = entry["formats"][args.format]["weights_gb"]
+    bound = decode_bound(weights_gb, active_weight_fraction(entry["architecture"]), bandwidth, args.tensor_parallel)
+    return {"gpu_bandwidth_gbps": bandwidth, "weights_gb": weights_gb, "hardware_bound_tokens_per_s": bound}
+
+
+def compare(paths: list[Path], plot_path: Path | None, markdown_path: Path | None) -> int:
+    """One table and one chart over several JSON reports (the configurations run on a host)."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            print(f"benchmark --compare: cannot read {path}: {error}", file=sys.stderr)
+            return 2
+    lines = [
+        "| Configuration | Single query (p50) | 3 drafts (p50) | Tokens/s (p50) | TTFT (p50) | Errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        summary, config = report["summary"], report["config"]
+        cells = [summary["latency_s_p50"], summary["drafts_wall_s_p50"]]
+        lines.append(
+            f"| {config['backend']} {config['model']} | "
+            + " | ".join(f"{value:.2f} s" if value is not None else "n/a" for value in cells)
+            + f" | {summary['decode_tokens_per_s_p50'] or 0:.1f} | {summary['ttft_s_p50'] or 0:.2f} s | "
+            f"{summary['errors']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    if markdown_path:
+        markdown_path.write_text(table, encoding="utf-8")
+    else:
+        print(table, end="")
+    if plot_path:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot  # noqa: PLC0415
+
+        names = [f"{r['config']['backend']}\n{r['config']['model']}" for r in reports]
+        figure, (times, speed) = pyplot.subplots(1, 2, figsize=(10, 4))
+        positions = list(range(len(reports)))
+        times.bar(
+            [p - 0.2 for p in positions],
+            [r["summary"]["latency_s_p50"] or 0 for r in reports],
+            0.4,
+            label="single query (p50)",
+        )
+        times.bar(
+            [p + 0.2 for p in positions],
+            [r["summary"]["drafts_wall_s_p50"] or 0 for r in reports],
+            0.4,
+            label="3 drafts (p50)",
+        )
+        times.set_xticks(positions, names)
+        times.set_ylabel("seconds")
+        times.legend()
+        speed.bar(positions, [r["summary"]["decode_tokens_per_s_p50"] or 0 for r in reports])
+        speed.set_xticks(positions, names)
+        speed.set_ylabel("decode tokens/s (p50)")
+        figure.tight_layout()
+        figure.savefig(plot_path, dpi=100)
+        pyplot.close(figure)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--compare"]:
+        parser = argparse.ArgumentParser(prog="benchmark.py --compare", description="compare JSON reports")
+        parser.add_argument("--compare", nargs="+", type=Path, required=True)
+        parser.add_argument("--plot", type=Path)
+        parser.add_argument("--markdown", type=Path)
+        options = parser.parse_args(argv)
+        return compare(options.compare, options.plot, options.markdown)
+    args = parse_args(argv)
+    queries = (
+        [line.strip() for line in args.queries.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if args.queries
+        else QUERIES
+    )
+    config = {
+        "backend": args.api,
+        "base_url": args.base_url,
+        "model": args.model,
+        "format": args.format,
+        "tensor_parallel_size": args.tensor_parallel,
+        "gpu": args.gpu or None,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "drafts": args.drafts,
+        "max_tokens": args.max_tokens,
+        "queries": queries,
+        "client": {"python": platform.python_version(), "requests": requests.__version__},
+        **hardware_config(args),
+    }
+    total = (args.warmup + args.runs) * len(queries) * (3 if args.api == "openai" and args.drafts > 1 else 2)
+    from tqdm import tqdm  # noqa: PLC0415 - the progress bar
+
+    with (
+        GpuSampler() as gpu,
+        tqdm(total=total, desc="benchmark", unit="req", disable=args.no_progress, file=sys.stderr) as progress,
+    ):
+        samples, failure = run(args, queries, progress)
+    status = 0
+    if failure:
+        measured = sum(1 for s in samples if not s.get("error") and not s.get("warmup"))
+        status = 1 if measured else 2
+        print(
+            f"benchmark: {args.api} {args.model} at {args.base_url}: {failure}; stopped after {measured} "
+            f"measurement(s){', kept in the JSON' if args.json_out else ''}",
+            file=sys.stderr,
+        )
+    samples = [s for s in samples if not s.pop("warmup", False) or s.get("error")]
+    summary = summarise(samples)
+    if config.get("hardware_bound_tokens_per_s") and summary["decode_tokens_per_s_p50"]:
+        config["fraction_of_bound"] = summary["decode_tokens_per_s_p50"] / config["hardware_bound_tokens_per_s"]
+    stats = per_query(samples, queries)
+    report = {
+        "summary": summary,
+        "per_query": stats,
+        "samples": samples,
+        "config": config,
+        "gpu": {"summary": gpu.summary(), "samples": gpu.samples},
+        "exit_code": status,
+    }
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if args.markdown:
+        args.markdown.write_text(markdown(config, summary, stats), encoding="utf-8")
+    if args.plot and samples:
+        plot(args.plot, config, summary, stats)
+    if not args.json_out:
+        print(json.dumps(summary, indent=2))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

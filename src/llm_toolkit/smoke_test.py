@@ -1,0 +1,231 @@
+"""Italian smoke test of one LLM backend: ask "Ciao, come posso aiutarti?" and check the answer.
+
+    scripts/smoke_test.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR]
+                          [--timeout S] [--max-latency S] [--json]
+
+Checks: HTTP 200, a non-empty answer, an answer in Italian, and the latency within --max-latency.
+Exit status: 0 every check passed; 1 the service answered but a check failed (the message says
+which and shows the start of the answer); 2 the service is unreachable or answered an HTTP error,
+or the arguments are wrong. The API key is read from the environment variable --api-key-env
+names, never from the command line.
+
+Language detection works offline: langdetect (its language profiles ship in the package; seeded
+for repeatable results) decides when it is installed; otherwise, and as the reported second
+opinion, a stopword count: the share of the answer's words that are Italian function words,
+compared with the same share for English, Spanish, French and Portuguese.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+import requests
+
+PROMPT = "Ciao, come posso aiutarti?"
+MAX_TOKENS = 64
+# Function words per language, for the stopword method (Italian first; the others catch neighbours).
+_STOPWORD_TEXT = {
+    "it": (
+        "a ai al alla alle anche ancora bene buongiorno che ci ciao come con cosa da degli dei del della "
+        "delle dello di dove e fra già gli grazie ha hai ho i il in io la le lei lo loro lui ma mi mia mio "
+        "molto nei nel nella nelle noi non oggi per perché più posso puoi può quando questa questo se sei "
+        "sempre si siamo sono su sua suo ti tra tu tua tuo un una uno voi è"
+    ),
+    "en": (
+        "a am an and are as at be been by can could did do does for from he hello hi i in is it my no not of "
+        "on or our she thanks that the their they this to was we were will with would yes you your"
+    ),
+    "es": (
+        "como con de del el en es estoy está gracias hola la las lo los muy más no o para pero por puede "
+        "puedo que se son su sus tú un una y yo"
+    ),
+    "fr": (
+        "avec bonjour de des du elle en est et il je la le les mais merci ne nous ou pas peut peux pour que "
+        "sa se son sont très tu un une vous"
+    ),
+    "pt": (
+        "a as com da das de do dos e em eu mas muito não o obrigado olá os ou para pode por posso que se seu "
+        "sua são um uma você é"
+    ),
+}
+STOPWORDS = {lang: frozenset(text.split()) for lang, text in _STOPWORD_TEXT.items()}
+
+
+class SmokeError(Exception):
+    """The service could not be asked (exit 2)."""
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-zàèéìíòóùúç']+", text.lower())
+
+
+def stopword_shares(text: str) -> dict[str, float]:
+    """Per language, the share of the text's words that are that language's function words."""
+    tokens = words(text)
+    if not tokens:
+        return dict.fromkeys(STOPWORDS, 0.0)
+    return {lang: round(sum(token in stop for token in tokens) / len(tokens), 3) for lang, stop in STOPWORDS.items()}
+
+
+def stopword_language(text: str, threshold: float = 0.15) -> str | None:
+    """Italian when its share is at least threshold and above every other language's; else the best other."""
+    shares = stopword_shares(text)
+    best = max(shares, key=lambda lang: (shares[lang], lang == "it"))
+    if shares[best] < threshold:
+        return None
+    return best
+
+
+def detect_language(text: str) -> tuple[str | None, str]:
+    """(language code or None, the method that decided)."""
+    try:
+        from langdetect import DetectorFactory, detect_langs  # noqa: PLC0415 - optional dependency
+        from langdetect.lang_detect_exception import LangDetectException  # noqa: PLC0415
+    except ImportError:
+        return stopword_language(text), "stopwords"
+    DetectorFactory.seed = 0
+    try:
+        best = detect_langs(text)[0]
+    except LangDetectException:
+        return None, "langdetect"
+    return (best.lang if best.prob >= 0.5 else None), "langdetect"
+
+
+def request_for(api: str, base_url: str, model: str) -> tuple[str, dict]:
+    """URL and JSON body of the Italian question, for Ollama's native API or the OpenAI-compatible one."""
+    base = base_url.rstrip("/")
+    if api == "ollama":
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": MAX_TOKENS},
+        }
+        return f"{base}/api/chat", body
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+    }
+    return f"{base.removesuffix('/v1')}/v1/chat/completions", body
+
+
+def answer_of(api: str, payload: object) -> str:
+    """The answer's text from a response body; SmokeError when the body is not the API's shape."""
+    try:
+        if api == "ollama":
+            return str(payload["message"]["content"]).strip()
+        return str(payload["choices"][0]["message"]["content"] or "").strip()
+    except (KeyError, IndexError, TypeError) as error:
+        raise SmokeError(f"the answer is not an {api} chat response: {str(payload)[:200]}") from error
+
+
+def evaluate(answer: str, latency: float, max_latency: float | None) -> list[dict]:
+    """The checks after an HTTP 200: non-empty, Italian, fast enough."""
+    language, method = detect_language(answer) if answer else (None, "none")
+    checks = [
+        {"name": "http_200", "passed": True, "detail": "HTTP 200"},
+        {"name": "non_empty", "passed": bool(answer), "detail": f"{len(answer)} characters"},
+        {
+            "name": "italian",
+            "passed": language == "it",
+            "detail": f"detected {language or 'no language'} ({method}); stopword shares {stopword_shares(answer)}",
+        },
+    ]
+    if max_latency is not None:
+        checks.append(
+            {
+                "name": "latency",
+                "passed": latency <= max_latency,
+                "detail": f"{latency:.2f} s (bound {max_latency:g} s)",
+            }
+        )
+    return checks
+
+
+def ask(args: argparse.Namespace, api_key: str) -> tuple[str, float]:
+    url, body = request_for(args.api, args.base_url, args.model)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    started = time.monotonic()
+    try:
+        response = requests.post(url, json=body, headers=headers, timeout=args.timeout)
+    except requests.RequestException as error:
+        raise SmokeError(f"{url} is unreachable: {error.__class__.__name__}: {error}") from error
+    latency = time.monotonic() - started
+    if response.status_code != 200:
+        raise SmokeError(f"{url} answered HTTP {response.status_code}: {response.text.strip()[:200]}")
+    try:
+        payload = response.json()
+    except ValueError as error:
+        raise SmokeError(f"{url} answered HTTP 200 without JSON: {response.text[:200]}") from error
+    return answer_of(args.api, payload), latency
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000 or http://127.0.0.1:11434")
+    parser.add_argument("--api", required=True, choices=["openai", "ollama"])
+    parser.add_argument("--model", required=True, help="served model name (vLLM) or tag / alias (Ollama)")
+    parser.add_argument("--api-key-env", default="", help="environment variable holding the API key")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
+    parser.add_argument("--max-latency", type=float, default=None, help="fail when the answer takes longer")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args(argv)
+    if not re.match(r"^https?://[^\s/]+", args.base_url):
+        parser.error(f"--base-url {args.base_url!r} is not an http(s) URL")
+    if args.timeout <= 0 or (args.max_latency is not None and args.max_latency <= 0):
+        parser.error("--timeout and --max-latency must be positive")
+    if args.api_key_env and args.api_key_env not in os.environ:
+        parser.error(f"--api-key-env {args.api_key_env}: no such environment variable")
+    return args
+
+
+def report(args: argparse.Namespace, status: int, checks: list[dict], answer: str, error: str | None) -> None:
+    failed = [check for check in checks if not check["passed"]]
+    if args.json:
+        result = {
+            "base_url": args.base_url,
+            "api": args.api,
+            "model": args.model,
+            "prompt": PROMPT,
+            "passed": status == 0,
+            "exit_code": status,
+            "checks": checks,
+            "answer": answer,
+            "error": error,
+        }
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    where = f"{args.api} {args.model} at {args.base_url}"
+    if error:
+        print(f"smoke test: {where}: {error}", file=sys.stderr)
+    elif failed:
+        names = ", ".join(f"{check['name']} ({check['detail']})" for check in failed)
+        print(f"smoke test FAILED: {where}: {names}; answer starts: {answer[:120]!r}")
+    else:
+        latency = next((check["detail"] for check in checks if check["name"] == "latency"), "")
+        print(f"smoke test passed: {where} answered in Italian {latency}: {answer[:120]!r}".rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    try:
+        answer, latency = ask(args, api_key)
+    except SmokeError as error:
+        report(args, 2, [], "", str(error))
+        return 2
+    checks = evaluate(answer, latency, args.max_latency)
+    status = 0 if all(check["passed"] for check in checks) else 1
+    report(args, status, checks, answer, None)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

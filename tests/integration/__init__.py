@@ -1,0 +1,1 @@
+"""Test code (a package, so that modules import each other by name)."""

@@ -3,7 +3,7 @@
 Nothing is downloaded: a byte-level BPE tokenizer is trained on a few lines, a 2-layer
 MixtralForCausalLM (4 experts, 2 per token; head_dim 32, the vLLM CPU minimum) is
 initialised from a fixed seed and over-fitted so that greedy decoding of the smoke prompt
-answers in Italian. Recipe: shared/reference/cpu-engines.md §2.
+answers in Italian. Recipe: docs/test-engines.md (section 3).
 
     python tests/models/build_tiny_model.py OUTPUT_DIR
 

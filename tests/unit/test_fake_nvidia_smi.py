@@ -1,4 +1,4 @@
-"""The nvidia-smi stand-in must print what the real tool prints (shared/reference/facts.md §1.3-1.4)."""
+"""The nvidia-smi stand-in must print what the real tool prints (docs/gpu-and-drivers.md, sections 2-3)."""
 
 import json
 import re

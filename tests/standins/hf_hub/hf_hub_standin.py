@@ -1,7 +1,7 @@
 """A test-only stand-in for the Hugging Face Hub's download API (HF_ENDPOINT), serving local model dirs.
 
 It is not the Hub: it serves the two endpoints a snapshot download uses, with the Hub's answers
-for the cases the toolkit must tell apart (shared/reference/reliability.md §4):
+for the cases the toolkit must tell apart (docs/security.md, section 4):
 
 - GET /api/models/<owner>/<name>/revision/<revision>: {"id", "sha", "siblings": [{"rfilename", "size"}],
   "gated", "private"}; an unknown repository answers 401 without a valid token (as the Hub does,

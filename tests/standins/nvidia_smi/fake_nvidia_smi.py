@@ -1,7 +1,7 @@
 """Stand-in for NVIDIA's `nvidia-smi`, for lab hosts and unit tests that have no GPU.
 
 Test-only: it lives under tests/ and is never installed by a role. It prints what the real
-tool prints for the subset the toolkit uses (formats: shared/reference/facts.md §1.3-1.4):
+tool prints for the subset the toolkit uses (formats: docs/gpu-and-drivers.md, sections 2-3):
 
   nvidia-smi                                   the default table (header carries the CUDA version)
   nvidia-smi --query-gpu=F,... --format=csv[,noheader][,nounits] [-i N]

@@ -1,6 +1,6 @@
 """A test-only stand-in for the Ollama server: `ollama serve` and `ollama --version`.
 
-It is NOT Ollama (no Ollama binary can be had on a CI machine: shared/reference/cpu-engines.md §4).
+It is NOT Ollama (no Ollama binary can be had on a CI machine: docs/test-engines.md, section 4).
 It implements the slice of Ollama's REST API the toolkit touches, with Ollama's response shapes,
 NDJSON pull statuses and error texts, and it keeps models the way Ollama does:
 manifests/registry.ollama.ai/<namespace>/<model>/<tag> and blobs/sha256-<hex> under OLLAMA_MODELS,

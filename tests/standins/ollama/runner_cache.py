@@ -4,7 +4,7 @@ Lab hosts see the cache's venvs directory read-only at the same path, so the sta
 host starts `vllm serve` from it as its model runner. The key is a hash of this file and the
 requirements, so a changed recipe builds a new venv.
 
-It applies the two fixes of the CPU build (shared/reference/cpu-engines.md §1.2) that the vllm
+It applies the two fixes of the CPU build (docs/test-engines.md, section 2) that the vllm
 role applies on hosts: the CUDA builds of torchvision/torchaudio/torchcodec (and triton) are
 removed, and a `vllm` metadata shim whose version contains "cpu" makes `vllm serve` work.
 """

@@ -63,9 +63,10 @@ def files() -> TextFiles:
     return tracked_text_files()
 
 
-def outside_repository_prefix() -> str:
-    """An absolute path into the directory that holds the checkout (machine-specific, outside it)."""
-    return str(REPO.parent).rstrip("/") + "/"
+def machine_paths() -> list[str]:
+    """Absolute paths that only exist on a developer's machine: the checkout itself, and the shared
+    directory beside it."""
+    return [str(REPO) + "/", str(REPO.parent / "shared")]
 
 
 def find(files: dict[str, str], predicate) -> list[str]:
@@ -89,8 +90,8 @@ def test_nothing_cites_the_reference_documents_by_name(files):
 
 
 def test_nothing_points_outside_the_repository(files):
-    prefix = outside_repository_prefix()
-    cited = find(files, lambda line: next((text for text in (PARENT_SHARED, prefix) if text in line), None))
+    forbidden = [PARENT_SHARED, *machine_paths()]
+    cited = find(files, lambda line: next((text for text in forbidden if text in line), None))
     assert not cited, "paths outside the repository:\n" + "\n".join(cited)
 
 

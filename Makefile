@@ -10,7 +10,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_HOSTS ?= 3
 LAB_GPUS ?= --gpu lab1=4x-A100-40GB --gpu lab2=8x-H100-80GB --gpu lab3=none
 
-.PHONY: help deps venv lab lab-down lint unit integration test constraints
+.PHONY: help deps venv wheel lab lab-down lint unit integration test constraints
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,7 +27,16 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --editable .
 	touch $@
 
-lab: deps venv ## Boot lab hosts, converge them with playbooks/site.yml, verify them, print a summary
+# The wheel of the llm_toolkit package the roles install on hosts, with its sha256 (dist/llm-toolkit.json).
+WHEEL_RECORD := dist/llm-toolkit.json
+WHEEL_SOURCES := pyproject.toml VERSION $(shell find src plugins/module_utils -name '*.py' -o -name '*.yml' 2>/dev/null)
+
+wheel: $(WHEEL_RECORD) ## Build the llm_toolkit wheel for the hosts and record its sha256
+
+$(WHEEL_RECORD): $(VENV)/.installed scripts/build_wheel.py $(WHEEL_SOURCES)
+	$(VENV)/bin/python scripts/build_wheel.py
+
+lab: deps venv wheel ## Boot lab hosts, converge them with playbooks/site.yml, verify them, print a summary
 	scripts/lab up $(LAB_HOSTS) $(LAB_GPUS)
 	LAB_MODEL_DIR=$$(python tests/models/tiny_model_cache.py) python -m tests.standins.ollama.depot lab -- \
 		ansible-playbook -i inventory/lab playbooks/site.yml
@@ -47,10 +56,10 @@ lint: venv ## yamllint, ruff, ansible-lint (production profile) and a syntax che
 unit: venv ## Unit tests (no lab needed)
 	pytest tests/unit
 
-integration: deps venv ## Integration tests: real playbooks on lab hosts
+integration: deps venv wheel ## Integration tests: real playbooks on lab hosts
 	pytest tests/integration
 
-test: deps venv lint ## Everything CI runs: lint, unit and integration tests
+test: deps venv wheel lint ## Everything CI runs: lint, unit and integration tests
 	pytest tests/unit tests/integration
 
 constraints: ## Re-pin every package of the venv after changing requirements.txt

@@ -2,15 +2,15 @@
 
 {{ {'LLM_BACKEND': 'vllm', 'VLLM_API_KEY': key} | llm_dotenv }}           the file's text
 {{ {'LLM_BACKEND': 'vllm'} | llm_dotenv_errors }}                         refusals, naming keys only
-{{ ansible_facts['ansible_local'] | llm_recorded_backends }}              the backends the service roles
-                                                                          recorded (llm_vllm, llm_ollama), vLLM first
+{{ records | llm_ready_backends(probe_results, preference) }}             the records that answered with their model
+{{ ready | llm_app_env_pairs(vllm_api_key, timeout_s, extra) }}           the app's settings
 """
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from llm_toolkit.envfile import DotenvError, encode_value, render
+from llm_toolkit.envfile import DotenvError, app_env_pairs, encode_value, ready_backends, render
 
 DOCUMENTATION = """
 name: llm_env_filters
@@ -35,12 +35,17 @@ def dotenv_errors(pairs):
     return errors
 
 
-# Local facts the service roles write, in the app's order of preference.
-BACKEND_FACTS = ("llm_vllm", "llm_ollama")
+def ready(records, probe_results, preference):
+    """probe_results: the uri module's loop results, one per record ({status, json})."""
+    answers = [{"status": result.get("status"), "json": result.get("json")} for result in probe_results]
+    return ready_backends(list(records), answers, list(preference))
 
 
-def recorded_backends(local_facts):
-    return [local_facts[name] for name in BACKEND_FACTS if name in (local_facts or {})]
+def pairs(ready_records, vllm_api_key, timeout_s, extra=None):
+    try:
+        return app_env_pairs(list(ready_records), vllm_api_key, timeout_s, extra or {})
+    except DotenvError as error:
+        raise AnsibleFilterError(str(error)) from None
 
 
 class FilterModule:
@@ -48,5 +53,6 @@ class FilterModule:
         return {
             "llm_dotenv": dotenv,
             "llm_dotenv_errors": dotenv_errors,
-            "llm_recorded_backends": recorded_backends,
+            "llm_ready_backends": ready,
+            "llm_app_env_pairs": pairs,
         }

@@ -6,6 +6,10 @@
 {{ 'mixtral-8x7b-instruct' | llm_catalog_model }}      the catalog entry
 {{ 'models' | llm_catalog }}                           a whole catalog file: models, serving or gates
 {{ 'mixtral:8x7b-instruct-q4_K_M' | llm_ollama_tag }}  the real tag (warns when it maps)
+{{ host | llm_api_base(port) }}                        where the host reaches an API it binds (wildcard: loopback)
+{{ plan | llm_vllm_serve(settings) }}                 vllm.service's arguments and CPU core binding
+{{ plan | llm_plan_refusal(vllm_tensor_parallel_size) }}   why the planner refused, and the fix ("" when it planned)
+{{ config_text | llm_context_refusal(max_model_len, dir) }} why max_model_len does not fit the model ("" when it does)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from llm_toolkit.catalog import (
     resolve_ollama_tag,
 )
 from llm_toolkit.planner import PlanError, plan, plan_with_tensor_parallel, request_for_gpus
+from llm_toolkit.serving import api_base, context_refusal, plan_refusal, serve
 
 DOCUMENTATION = """
 name: llm_serving_filters
@@ -95,6 +100,21 @@ def ollama_tag(tag):
     return real
 
 
+def vllm_serve(serving_plan, settings):
+    try:
+        return serve(dict(settings), dict(serving_plan))
+    except (KeyError, TypeError, ValueError) as error:
+        raise AnsibleFilterError(f"llm_vllm_serve: {error}") from None
+
+
+def refusal(serving_plan, tensor_parallel=None):
+    return plan_refusal(dict(serving_plan), tensor_parallel)
+
+
+def context(config_text, max_model_len, where):
+    return context_refusal(str(config_text or ""), max_model_len, str(where))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -102,4 +122,12 @@ class FilterModule:
             "llm_catalog_model": catalog_model,
             "llm_catalog": catalog,
             "llm_ollama_tag": ollama_tag,
+            "llm_vllm_serve": vllm_serve,
+            "llm_api_base": api_base,
+            "llm_plan_refusal": lambda serving_plan, tensor_parallel=None: plan_refusal(
+                dict(serving_plan), tensor_parallel
+            ),
+            "llm_context_refusal": lambda text, max_model_len, where: context_refusal(
+                str(text or ""), max_model_len, where
+            ),
         }

@@ -1,4 +1,4 @@
-"""Parsers for nvidia-smi, nvcc and the kernel's view of NVIDIA GPUs (shared/reference/facts.md §1).
+"""Parsers for nvidia-smi, nvcc and the kernel's view of NVIDIA GPUs (docs/gpu-and-drivers.md §2-3).
 
 Pure Python, standard library only: shipped to managed hosts inside the nvidia_gpu_facts
 module, and imported directly by the unit tests, which feed it real outputs.
@@ -23,7 +23,7 @@ APP_QUERY_FIELDS = ["pid", "process_name", "used_memory", "gpu_uuid"]
 NOT_AVAILABLE = ("[N/A]", "N/A", "[Not Supported]", "[Unknown Error]", "[Insufficient Permissions]", "")
 
 # Compute capability by product name, for drivers whose nvidia-smi has no compute_cap field
-# (facts.md §1.5, the CC reference list). Longest match wins.
+# (docs/gpu-and-drivers.md §4, compute capability by product). Longest match wins.
 COMPUTE_CAP_BY_NAME = {
     "H200": "9.0",
     "H100": "9.0",

@@ -1,7 +1,7 @@
 """Benchmark one LLM backend on the RAG app's Italian queries: latency, time to first token, decode
 speed, and the time of the 3 drafts the app writes per answer.
 
-    scripts/benchmark.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR]
+    scripts/benchmark.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR | --api-key-stdin]
         [--runs N] [--warmup K] [--drafts 3] [--max-tokens T] [--queries FILE]
         [--json OUT] [--markdown OUT] [--plot OUT.png] [--gpu NAME] [--catalog-model KEY --format F]
     scripts/benchmark.py --compare A.json B.json ... [--markdown OUT] [--plot OUT.png]
@@ -388,7 +388,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--api", required=True, choices=["openai", "ollama"])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--api-key-env", default="")
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument("--api-key-env", default="", help="environment variable holding the API key")
+    key.add_argument("--api-key-stdin", action="store_true", help="read the API key from standard input")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--drafts", type=int, default=3)
@@ -413,7 +415,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.queries and not args.queries.is_file():
         parser.error(f"--queries {args.queries}: no such file")
     args.base_url = args.base_url.rstrip("/").removesuffix("/v1")
-    args.api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    if args.api_key_stdin:
+        args.api_key = sys.stdin.readline().strip()
+    else:
+        args.api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
     return args
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from llm_toolkit.host.llm_ollama import model_digests, normalize_name
+
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -46,3 +48,53 @@ def render(pairs: dict, header: str = "") -> str:
     lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
     lines += [encode_line(key, value) for key, value in pairs.items()]
     return "\n".join(lines) + "\n"
+
+
+def listed_models(api: str, answer: object) -> list[str]:
+    """Model names in a backend's model list: GET /v1/models (openai) or GET /api/tags (ollama, as full tags)."""
+    if not isinstance(answer, dict):
+        return []
+    if api == "openai":
+        return [entry.get("id") for entry in answer.get("data") or [] if isinstance(entry, dict)]
+    return list(model_digests(answer))
+
+
+def ready_backends(records: list[dict], answers: list[dict], preference: list[str]) -> list[dict]:
+    """The records whose backend answered its model list (HTTP 200) with its model, in the preferred order.
+
+    answers: one {status, json} per record, in the same order. Ollama lists a model asked for without
+    a tag as <name>:latest.
+    """
+    ready = {}
+    for record, answer in zip(records, answers, strict=True):
+        names = listed_models(record["api"], answer.get("json"))
+        wanted = record["model"] if record["api"] == "openai" else normalize_name(record["model"])
+        if answer.get("status") == 200 and wanted in names:
+            ready[record["backend"]] = record
+    return [ready[name] for name in preference if name in ready]
+
+
+def app_env_pairs(ready: list[dict], vllm_api_key: str, timeout_s: int, extra: dict) -> dict:
+    """The app's settings: the first ready backend, the next as its fallback, and how to reach each."""
+    if not ready:
+        raise DotenvError("no backend is ready; expected at least one for the app")
+    pairs = {
+        "LLM_BACKEND": ready[0]["backend"],
+        "LLM_FALLBACK": ready[1]["backend"] if len(ready) > 1 else "",
+        "LLM_BACKENDS": ",".join(record["backend"] for record in ready),
+        "LLM_TIMEOUT_S": str(timeout_s),
+    }
+    for record in ready:
+        if record["backend"] == "vllm":
+            pairs |= {
+                "VLLM_BASE_URL": record["openai_base_url"],
+                "VLLM_MODEL": record["model"],
+                "VLLM_API_KEY": vllm_api_key or "",
+            }
+        else:
+            pairs |= {
+                "OLLAMA_BASE_URL": record["base_url"],
+                "OLLAMA_OPENAI_BASE_URL": record["openai_base_url"],
+                "OLLAMA_MODEL": record["model"],
+            }
+    return pairs | dict(extra or {})

@@ -4,7 +4,7 @@ Pure Python (standard library only): the catalog entry and the serving facts com
 dicts (src/llm_toolkit/catalog/models.yml, src/llm_toolkit/catalog/serving.yml), the plan goes out as a dict. Used by
 scripts/plan.py, the llm_serving_plan filter, preflight and the vLLM role.
 
-Sizing, per GPU, for tensor-parallel size t (shared/reference/facts.md §3.4):
+Sizing, per GPU, for tensor-parallel size t (docs/models-and-sizing.md §4, §5):
     weights   = weight files / t              (MoE: all experts are resident, so total parameters)
     kv_cache  = 2 x layers x max(kv_heads / t, 1) x head_dim x kv_bytes x max_model_len x concurrency
     overhead  = runtime_overhead_mib.base (+ .tensor_parallel when t > 1)

@@ -335,7 +335,7 @@ def _vllm_checks(report, gpu, settings, gates, models, serving, lowest_cc, measu
         for b, c in pin["cuda_builds"].items()
         if version_tuple(gpu["driver_version"]) >= version_tuple(gates["cuda_min_driver"][c])
     ]
-    alternative = f", or set llm_preflight_vllm_cuda_build: {others[0]}" if others else ""
+    alternative = f", or set vllm_cuda_build: {others[0]}" if others else ""
     report.add(
         f"driver for vLLM {settings['vllm_version']} ({build})",
         ["phase2"],

@@ -30,9 +30,12 @@ REMEDIATIONS = {
     "driver-470": "upgrade the NVIDIA driver to 520.61.05 or newer",
     "1x-L4-24GB-busy": "PID 4242 (/usr/bin/python3) holds 8192 MiB",
     "2x-A10G-24GB": "upgrade the NVIDIA driver to 550 or newer",
-    "1x-A100-80GB": "or set llm_preflight_vllm_cuda_build: cu128",
+    "1x-A100-80GB": "or set vllm_cuda_build: cu128",
 }
-DEFAULT_MODEL = ["-e", "llm_preflight_model=mixtral-8x7b-instruct"]
+# Both phases gated whatever is enabled (by default preflight gates the backends enabled on each host).
+BOTH_PHASES = ["-e", '{"llm_preflight_phases": ["phase1", "phase2"]}']
+# The default model, gated for both phases.
+DEFAULT_MODEL = ["-e", "llm_model=mixtral-8x7b-instruct", *BOTH_PHASES]
 
 
 def expected(profile: str) -> dict:
@@ -97,7 +100,7 @@ def test_check_mode_gives_the_same_verdicts(session_lab, restore_profiles, tmp_p
 
 def test_a_failed_preflight_stops_every_host_before_anything_changes(session_lab, restore_profiles, tmp_path):
     lab(SESSION_LAB, "gpu", "itest2", "driver-broken")
-    run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}")
+    run = session_lab.playbook(*BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}")
     assert run.returncode != 0
     assert "itest2: NVIDIA GPU and driver" in run.output
     assert all(run.recap[name]["changed"] == 0 for name in session_lab.hosts)
@@ -107,7 +110,9 @@ def test_a_failed_preflight_stops_every_host_before_anything_changes(session_lab
 
 
 def test_the_cpu_host_passes_with_the_gpu_gates_skipped_and_says_so(session_lab, tmp_path):
-    run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+    run = session_lab.playbook(
+        *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml"
+    )
     assert run.returncode == 0, run.output[-2000:]
     report = reports(tmp_path)["itest3"]
     assert report["accelerator"] == "cpu"
@@ -115,14 +120,19 @@ def test_the_cpu_host_passes_with_the_gpu_gates_skipped_and_says_so(session_lab,
     assert "itest3: phase1 pass, phase2 pass (CPU accelerator set in the inventory" in run.output
 
 
-def test_phase_tags_gate_only_that_phase(session_lab, restore_profiles, tmp_path):
+def test_only_the_phases_of_the_enabled_backends_are_gated_whatever_the_tags(session_lab, restore_profiles, tmp_path):
     lab(SESSION_LAB, "gpu", "itest1", "1x-A100-80GB")
+    enabled = ["-e", '{"ollama_enabled": true, "vllm_enabled": false}']
     run = session_lab.playbook(
-        *DEFAULT_MODEL,
+        "-e",
+        "llm_model=mixtral-8x7b-instruct",
+        *enabled,
         "--tags",
-        "phase1",
+        "phase2",
         "-e",
         f"llm_preflight_report_dir={tmp_path}",
+        "--limit",
+        "itest1",
         playbook="playbooks/preflight.yml",
     )
     assert run.returncode == 0, run.output[-2000:]
@@ -134,7 +144,9 @@ def test_a_port_held_by_another_process_is_named_and_our_own_unit_is_accepted(se
     host.run("systemd-run --unit=squatter --quiet python3 -m http.server 8000")
     try:
         host.run("for i in $(seq 50); do ss -Hltn 'sport = :8000' | grep -q . && break; sleep 0.1; done")
-        run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+        run = session_lab.playbook(
+            *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml"
+        )
         pid = host.run("systemctl show -p MainPID --value squatter").stdout.strip()
         assert run.returncode != 0
         assert f"itest1: port 8000: held by PID {pid} (/usr/bin/python3 -m http.server 8000)" in run.output
@@ -143,7 +155,9 @@ def test_a_port_held_by_another_process_is_named_and_our_own_unit_is_accepted(se
     host.run("systemd-run --unit=vllm --quiet python3 -m http.server 8000")
     try:
         host.run("for i in $(seq 50); do ss -Hltn 'sport = :8000' | grep -q . && break; sleep 0.1; done")
-        run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+        run = session_lab.playbook(
+            *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml"
+        )
         assert run.returncode == 0, run.output[-2000:]
     finally:
         host.run("systemctl stop vllm")
@@ -153,7 +167,9 @@ def test_too_little_disk_for_the_model_fails_with_the_sizes(session_lab, tmp_pat
     host = session_lab.host("itest1")
     assert host.run("mkdir -p /var/lib/ollama && mount -t tmpfs -o size=10m tmpfs /var/lib/ollama").rc == 0
     try:
-        run = session_lab.playbook("-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml")
+        run = session_lab.playbook(
+            *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml"
+        )
     finally:
         host.run("umount /var/lib/ollama && rmdir /var/lib/ollama")
     assert run.returncode != 0
@@ -162,9 +178,9 @@ def test_too_little_disk_for_the_model_fails_with_the_sizes(session_lab, tmp_pat
 
 
 def test_bad_input_is_refused_before_anything_is_measured(session_lab):
-    run = session_lab.playbook("-e", "llm_preflight_model=mixtral", playbook="playbooks/preflight.yml")
+    run = session_lab.playbook("-e", "llm_model=mixtral", playbook="playbooks/preflight.yml")
     assert run.returncode != 0
-    assert "llm_preflight_model=mixtral is not in src/llm_toolkit/catalog/models.yml" in run.output
+    assert "llm_model=mixtral is not in src/llm_toolkit/catalog/models.yml" in run.output
     assert "gather | Read the NVIDIA GPUs" not in run.output
     run = session_lab.playbook(
         "-e", '{"llm_preflight_allow_unsupported_os": "false"}', playbook="playbooks/preflight.yml"
@@ -193,7 +209,7 @@ def test_on_this_machine_preflight_uses_the_nvidia_smi_on_path_or_the_one_named(
         "-e",
         f"llm_preflight_report_dir={tmp_path / 'b'}",
         "-e",
-        f"llm_preflight_nvidia_smi_path={bin_dir / 'nvidia-smi'}",
+        f"llm_nvidia_smi_path={bin_dir / 'nvidia-smi'}",
         env={"LAB_GPU_PROFILE": "8x-H100-80GB"},
     )
     gpu = reports(tmp_path / "b")["localhost"]["gpu"]

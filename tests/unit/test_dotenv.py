@@ -70,10 +70,3 @@ def test_the_filters_render_and_list_refusals_by_key():
         ".env value of B holds a newline, which python-dotenv cannot read back; fix: remove it"
     ]
 
-
-def test_recorded_backends_come_vllm_first_and_only_when_recorded():
-    recorded = ansible_filter("llm_recorded_backends")
-    ollama, vllm = {"backend": "ollama"}, {"backend": "vllm"}
-    assert recorded({"llm_ollama": ollama, "llm_vllm": vllm, "llm_toolkit": {}}) == [vllm, ollama]
-    assert recorded({"llm_ollama": ollama}) == [ollama]
-    assert recorded({}) == []

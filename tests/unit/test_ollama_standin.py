@@ -1,6 +1,6 @@
 """The Ollama stand-in's registry side and the ollama_pull module, on this machine (no lab host).
 
-Stand-in coverage: the stand-in implements Ollama's API slice (shared/reference/cpu-engines.md §4.2);
+Stand-in coverage: the stand-in implements Ollama's API slice (docs/test-engines.md §4);
 these tests hold it to Ollama's response shapes, NDJSON pull statuses, error texts and on-disk
 layout, and run the role's ollama_pull module against it. Generation needs the stand-in's engine
 (vLLM CPU) and is tested in the lab (tests/integration/test_ollama.py).
@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,15 +47,22 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, model_dir):
+def depot_server(tmp_path_factory, model_dir):
+    """The depot on loopback; set its bytes_per_second to slow the downloads, and set it back to 0."""
     root = tmp_path_factory.mktemp("depot")
     url = f"http://127.0.0.1:{free_port()}"
     archive = depot.write_release(root, VERSION, url, "/nonexistent-runner-venv")
     depot.write_model(root, TAG, model_dir, "mixtral")
     server = depot.start_server(root, url)
-    yield root, url, archive
+    server.root, server.url, server.archive = root, url, archive
+    yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def registry(depot_server):
+    return depot_server.root, depot_server.url, depot_server.archive
 
 
 def start_standin(archive: Path, where: Path):
@@ -210,17 +218,25 @@ def test_copy_show_delete_and_unknown_models(ollama):
     assert list((models / "blobs").iterdir()) == []
 
 
-def pull_module(args: str) -> tuple[int, dict]:
+def run_pull(args: str, *options: str, **env: str) -> tuple[int, str, dict]:
+    """`ansible localhost -m ollama_pull` (the action plugin over the module): rc, output, result."""
     result = subprocess.run(
-        [ANSIBLE, "localhost", "-c", "local", "-m", "ollama_pull", "-a", args, "-o"],
+        [ANSIBLE, "localhost", "-c", "local", "-m", "ollama_pull", "-a", args, "-o", *options],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_INVENTORY_UNPARSED_WARNING="false"),
+        env=dict(
+            os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_INVENTORY_UNPARSED_WARNING="false", **env
+        ),
         check=False,
     )
-    payload = result.stdout.split("=>", 1)[1].strip() if "=>" in result.stdout else "{}"
-    return result.returncode, json.loads(payload)
+    answers = [line.split(" => ", 1)[1] for line in result.stdout.splitlines() if " => " in line]
+    return result.returncode, result.stdout + result.stderr, json.loads(answers[-1] if answers else "{}")
+
+
+def pull_module(args: str) -> tuple[int, dict]:
+    rc, _, result = run_pull(args)
+    return rc, result
 
 
 def test_the_pull_module_pulls_once_then_reports_no_change(ollama, tmp_path):
@@ -267,3 +283,74 @@ def test_the_pull_module_retries_network_errors_then_reports_them(tmp_path):
     assert result["attempts"] == 3
     assert result["unknown_tag"] is False
     assert "Connection refused" in result["msg"]
+
+
+def test_the_pull_action_watches_a_slow_pull_in_one_task_and_shows_its_progress(ollama, depot_server, tmp_path):
+    base, models, _ = ollama
+    jobs = tmp_path / "async"
+    progress = tmp_path / "progress.json"
+    progress.write_text('{"status": "success", "success": true, "total": 9}')  # an earlier pull's, not shown
+    depot_server.bytes_per_second = 1_000_000  # the 3.1 MB weights take about 3 s
+    try:
+        rc, output, result = run_pull(
+            f"name={TAG} url={base} models_dir={models} progress_file={progress} poll_interval=0.05",
+            ANSIBLE_ASYNC_DIR=str(jobs),
+        )
+    finally:
+        depot_server.bytes_per_second = 0
+    assert rc == 0, output
+    assert result["digest"] == json.loads(call(base, "/api/tags")[1])["models"][0]["digest"]
+    assert (result["changed"], result["attempts"], result["progress"]["success"]) == (True, 1, True)
+    # One line per change of the progress file (the module rewrites it about once a second).
+    shown = re.findall(
+        rf"^\[localhost\] {re.escape(TAG)}: (\d+\.\d)% \(\S+ \S+ of 3\.1 MB\), pulling [0-9a-f]{{12}}$", output, re.M
+    )
+    assert 2 <= len(shown) < result["polls"] / 5, output
+    assert [float(p) for p in shown] == sorted(float(p) for p in shown)
+    assert "done (9 B)" not in output
+    summary = re.search(
+        rf"^\[localhost\] {re.escape(TAG)}: done \(3\.1 MB\); (\d+) polls in (\d+\.\d) s$", output, re.M
+    )
+    assert summary, output
+    assert int(summary[1]) == result["polls"] > 20  # about 3 s at 0.05 s between polls
+    assert float(summary[2]) >= 2
+    assert list(jobs.iterdir()) == []  # the job's results file was removed
+
+
+def test_the_pull_action_stops_a_pull_that_runs_out_of_time(ollama, depot_server, tmp_path):
+    base, models, _ = ollama
+    jobs = tmp_path / "async"
+    depot_server.bytes_per_second = 500_000  # about 6 s: longer than the 4 s allowed
+    try:
+        rc, output, result = run_pull(
+            f"name={TAG} url={base} models_dir={models} progress_file={tmp_path}/progress.json poll_interval=0.1 "
+            "pull_timeout=4",
+            ANSIBLE_ASYNC_DIR=str(jobs),
+        )
+    finally:
+        depot_server.bytes_per_second = 0
+    assert rc != 0, output
+    assert re.search(rf"^\[localhost\] {re.escape(TAG)}: timeout; \d+ polls in 4\.\d s$", output, re.M), output
+    assert result["timed_out"] is True
+    message = result["msg"]
+    assert message.startswith(f"localhost: the pull of {TAG} did not finish within 4 s (ollama_pull_timeout); ")
+    assert re.search(
+        r"; it got to \d+\.\d% \(\S+ \S+ of 3\.1 MB\), pulling [0-9a-f]{12} "
+        r"at about \S+ KB/s, which needs about \d+ s more; ",
+        message,
+    ), message
+    assert "fix: raise ollama_pull_timeout" in message
+    group = re.search(r"stopped the background pull \(process group (\d+)\)", message)
+    assert group, message
+    assert not Path(f"/proc/{group[1]}").exists() or Path(f"/proc/{group[1]}/stat").read_text().split()[2] == "Z"
+    assert list(jobs.iterdir()) == []
+    assert json.loads(call(base, "/api/tags")[1]) == {"models": []}
+
+
+def test_the_pull_action_in_check_mode_only_says_it_would_pull(ollama, tmp_path):
+    base, models, _ = ollama
+    rc, output, result = run_pull(f"name={TAG} url={base} models_dir={models} poll_interval=0", "--check")
+    assert rc == 0, output
+    assert (result["changed"], "polls" in result, "digest" in result) == (True, False, False)
+    assert "polls in" not in output
+    assert json.loads(call(base, "/api/tags")[1]) == {"models": []}

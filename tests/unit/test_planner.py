@@ -112,7 +112,7 @@ def test_mixtral_8x22b_48_heads_rejects_tp_3_and_6_for_its_8_kv_heads():
         ("mixtral-8x7b-instruct", "fp16", {1, 2, 4, 8, 16, 32}),
         ("mistral-7b-instruct", "fp16", {1, 2, 4, 8, 16, 32}),
         ("llama3.1-8b-instruct", "fp16", {1, 2, 4, 8, 16, 32}),
-        # facts.md lists {1,2,4,8,16,24,48} by heads; a 32768 vocabulary rules out 24 and 48
+        # the heads allow {1,2,4,8,16,24,48} (docs/models-and-sizing.md §5); a 32768 vocabulary rules out 24 and 48
         ("mixtral-8x22b-instruct", "fp16", {1, 2, 4, 8, 16}),
         ("gemma2-2b", "fp16", {1, 2, 4, 8}),
         # AWQ: 14336 / 128 = 112 groups, not divisible by 32

@@ -61,9 +61,10 @@ def server():
     httpd.server_close()
 
 
-def smoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def smoke(*args: str, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
+        input=stdin,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -131,7 +132,7 @@ def test_an_unreachable_service_exits_2():
     assert "is unreachable: ConnectionError" in result.stderr
 
 
-def test_the_api_key_comes_from_the_environment_only(server):
+def test_the_api_key_comes_from_the_environment_or_stdin_never_argv(server):
     server.key = "sk-smoke-canary"
     without = smoke("--base-url", server.url, "--api", "openai", "--model", "m")
     assert without.returncode == 2
@@ -150,6 +151,14 @@ def test_the_api_key_comes_from_the_environment_only(server):
     assert with_key.returncode == 0
     assert server.seen[-1][2] == "Bearer sk-smoke-canary"
     assert server.key not in with_key.stdout + with_key.stderr
+    piped = smoke(
+        "--base-url", server.url, "--api", "openai", "--model", "m", "--api-key-stdin", stdin=server.key + "\n"
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert server.seen[-1][2] == "Bearer sk-smoke-canary"
+    assert server.key not in piped.stdout + piped.stderr
+    both = smoke("--base-url", server.url, "--api", "openai", "--model", "m", "--api-key-stdin", "--api-key-env", "X")
+    assert both.returncode == 2
 
 
 @pytest.mark.parametrize(

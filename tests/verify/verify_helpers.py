@@ -1,16 +1,34 @@
-"""Helpers of the host verifiers: what the roles recorded on each host (imported by the checks)."""
+"""Helpers of the host verifiers: the shared settings as a host sees them, and what the roles recorded on it."""
 
 import json
+from pathlib import Path
 
-FACTS_DIR = "/etc/ansible/facts.d"
+import yaml
+
+from llm_toolkit.backends import validate
+
+REPO = Path(__file__).resolve().parents[2]
+# The settings every role shares (roles/llm_defaults), before the inventory overrides them.
+SHARED = yaml.safe_load((REPO / "roles" / "llm_defaults" / "defaults" / "main.yml").read_text())
 BACKENDS = ["vllm", "ollama"]
 
 
+def setting(host, name: str):
+    """A shared setting (roles/llm_defaults) as this host's inventory sets it, else its default."""
+    return host.ansible.get_variables().get(name, SHARED[name])
+
+
 def local_fact(host, name: str) -> dict | None:
-    fact = host.file(f"{FACTS_DIR}/{name}.fact")
+    fact = host.file(f"{setting(host, 'llm_facts_dir')}/{name}.fact")
     if not fact.exists:
         return None
     return json.loads(fact.content_string)
+
+
+def backend_record(host, backend: str) -> dict | None:
+    """The backend's record (docs/backend-record.md), checked against the contract; None where not deployed."""
+    record = local_fact(host, f"llm_{backend}")
+    return None if record is None else validate(record, f"llm_{backend}.fact")
 
 
 def vllm_api_key(host) -> str:

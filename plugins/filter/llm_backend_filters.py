@@ -1,0 +1,66 @@
+"""Filters over the backend record every service role writes and every reader reads (llm_toolkit.backends).
+
+{{ {'backend': 'vllm', ...} | llm_backend_record }}        the local fact's text, checked against the contract
+{{ ansible_facts['ansible_local'] | llm_recorded_backends }} the recorded backends, vLLM first, each checked
+{{ record | llm_smoke_command(venv, timeout, max_latency) }} the smoke test's argv for one backend
+{{ record | llm_benchmark_command(venv, options, report_dir, gpu, model, format) }}  the benchmark's argv
+{{ records | llm_benchmark_reports(report_dir) }}          where the reports of the backends land
+"""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from llm_toolkit.backends import (
+    RecordError,
+    benchmark_command,
+    benchmark_reports,
+    make_record,
+    recorded_backends,
+    render,
+    smoke_command,
+)
+
+DOCUMENTATION = """
+name: llm_backend_filters
+short_description: The backend record (local facts llm_vllm and llm_ollama) and the commands that read it
+"""
+
+
+def backend_record(fields):
+    try:
+        return render(make_record(**dict(fields)))
+    except (RecordError, KeyError, TypeError, ValueError) as error:
+        raise AnsibleFilterError(f"llm_backend_record: {error}") from None
+
+
+def recorded(local_facts):
+    try:
+        return recorded_backends(dict(local_facts or {}))
+    except RecordError as error:
+        raise AnsibleFilterError(
+            f"{error}; fix: converge the backend's role again (--tags phase1 or phase2) to rewrite its record"
+        ) from None
+
+
+def smoke(record, venv, timeout_s, max_latency_s=None):
+    return smoke_command(dict(record), str(venv), timeout_s, max_latency_s)
+
+
+def benchmark(record, venv, options, report_dir, gpu, model, fmt):
+    return benchmark_command(dict(record), str(venv), dict(options), str(report_dir), str(gpu or ""), model, fmt)
+
+
+def reports(records, report_dir):
+    return benchmark_reports([dict(record) for record in records], str(report_dir))
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "llm_backend_record": backend_record,
+            "llm_recorded_backends": recorded,
+            "llm_smoke_command": smoke,
+            "llm_benchmark_command": benchmark,
+            "llm_benchmark_reports": reports,
+        }

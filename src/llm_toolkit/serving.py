@@ -1,0 +1,99 @@
+"""What `vllm serve` is started with on a host: its arguments and, on the CPU build, its core binding.
+
+The serving planner (llm_toolkit.planner) decides the tensor-parallel size and the GPU arguments;
+this turns the role's settings and that plan into the argument list of vllm.service's ExecStart
+(the API key is never among them: it comes from the root-only environment file). Used by the vllm
+role through the llm_vllm_serve filter.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def cpu_threads_bind(ranks: int, cores: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for `ranks` CPU workers on `cores` cores: "0|1" on 2, "0-7|8-15" on 16."""
+    if ranks < 1 or cores < ranks:
+        raise ValueError(f"{ranks} tensor-parallel rank(s) on {cores} core(s); expected a core per rank at least")
+    per = cores // ranks
+    spans = [(rank * per, rank * per + per - 1) for rank in range(ranks)]
+    return "|".join(str(first) if first == last else f"{first}-{last}" for first, last in spans)
+
+
+def serve(settings: dict, plan: dict) -> dict:
+    """{args, tensor_parallel_size, cpu_tp, cpu_threads_bind} for vllm.service.
+
+    settings: model_path, host, port, served_model_name, max_model_len, max_num_seqs, accelerator
+    (gpu or cpu), dtype, cpu_kv_cache_bytes, enforce_eager, extra_args and cores (the host's CPUs).
+    plan: what the planner returned (tensor_parallel_size, vllm_args); on CPU hosts that do not
+    simulate GPUs, {"tensor_parallel_size": 1, "vllm_args": []}.
+    """
+    cpu = settings["accelerator"] == "cpu"
+    tensor_parallel = int(plan.get("tensor_parallel_size") or 1)
+    args = [str(settings["model_path"]), "--host", str(settings["host"]), "--port", str(settings["port"])]
+    args += ["--served-model-name", str(settings["served_model_name"])]
+    args += ["--max-model-len", str(settings["max_model_len"]), "--max-num-seqs", str(settings["max_num_seqs"])]
+    args.append("--enable-prefix-caching")
+    if cpu:
+        args += ["--dtype", str(settings["dtype"]), "--kv-cache-memory-bytes", str(settings["cpu_kv_cache_bytes"])]
+    if settings["enforce_eager"]:
+        args.append("--enforce-eager")
+    cpu_tp = cpu and tensor_parallel > 1
+    cores = int(settings["cores"])
+    if cpu_tp:
+        args += ["--tensor-parallel-size", str(tensor_parallel)]
+    if not cpu:
+        args += [str(arg) for arg in plan.get("vllm_args") or []]
+    args += [str(arg) for arg in settings.get("extra_args") or []]
+    return {
+        "args": args,
+        "tensor_parallel_size": tensor_parallel,
+        "cpu_tp": cpu_tp,
+        # Fewer cores than ranks leaves it empty: the role's input check stops before that is used.
+        "cpu_threads_bind": cpu_threads_bind(tensor_parallel, cores) if cpu_tp and cores >= tensor_parallel else "",
+    }
+
+
+def plan_refusal(plan: dict, operator_tensor_parallel: object) -> str:
+    """Why the planner refused to plan ("" when it gave a plan), with what to do about it, in one line."""
+    if "error" not in plan and plan.get("tensor_parallel_size") is not None:
+        return ""
+    if "error" in plan:
+        reason = plan["error"]
+    else:
+        reasons = [entry.get("reason", "") for entry in plan.get("rejected") or []]
+        reason = f"no tensor-parallel size fits: {reasons[-1] if reasons else 'no GPU to plan for'}"
+    fix = (
+        "unset vllm_tensor_parallel_size or pick one the planner accepts"
+        if operator_tensor_parallel not in (None, "")
+        else "run scripts/plan.py for the options"
+    )
+    return f"{reason}; expected a plan vLLM accepts; fix: {fix}"
+
+
+def context_refusal(config_text: str, max_model_len: int, where: str) -> str:
+    """Why max_model_len cannot be served from this model directory ("" when it can), in one line.
+
+    config_text: the model's config.json ("" when it could not be read); where: the directory, for the message.
+    """
+    if not config_text:
+        return (
+            f"no readable config.json in {where}; expected a Hugging Face model directory; "
+            "fix: set vllm_model_dir to the directory that holds config.json"
+        )
+    try:
+        context = int(json.loads(config_text).get("max_position_embeddings") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return f"{where}/config.json is not a JSON object; expected a model's config.json; fix: check the model files"
+    if context and int(max_model_len) > context:
+        return (
+            f"vllm_max_model_len={max_model_len}; expected at most {context}, the context of the model in {where} "
+            "(max_position_embeddings in its config.json); fix: lower vllm_max_model_len"
+        )
+    return ""
+
+
+def api_base(host: str, port: int) -> str:
+    """Where the host itself reaches an API bound to host:port: a wildcard bind on loopback, IPv6 in brackets."""
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - matching the wildcard
+    return f"http://{f'[{address}]' if ':' in address else address}:{int(port)}"

@@ -1,13 +1,14 @@
 """Italian smoke test of one LLM backend: ask "Ciao, come posso aiutarti?" and check the answer.
 
-    scripts/smoke_test.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR]
+    scripts/smoke_test.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR | --api-key-stdin]
                           [--timeout S] [--max-latency S] [--json]
 
 Checks: HTTP 200, a non-empty answer, an answer in Italian, and the latency within --max-latency.
 Exit status: 0 every check passed; 1 the service answered but a check failed (the message says
 which and shows the start of the answer); 2 the service is unreachable or answered an HTTP error,
 or the arguments are wrong. The API key is read from the environment variable --api-key-env
-names, never from the command line.
+names, or from the first line of standard input with --api-key-stdin (how the smoke role passes
+it: a task's environment shows in the host's process list), never from the command line.
 
 Language detection works offline: langdetect (its language profiles ship in the package; seeded
 for repeatable results) decides when it is installed; otherwise, and as the reported second
@@ -172,7 +173,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000 or http://127.0.0.1:11434")
     parser.add_argument("--api", required=True, choices=["openai", "ollama"])
     parser.add_argument("--model", required=True, help="served model name (vLLM) or tag / alias (Ollama)")
-    parser.add_argument("--api-key-env", default="", help="environment variable holding the API key")
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument("--api-key-env", default="", help="environment variable holding the API key")
+    key.add_argument("--api-key-stdin", action="store_true", help="read the API key from standard input")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
     parser.add_argument("--max-latency", type=float, default=None, help="fail when the answer takes longer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -184,6 +187,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.api_key_env and args.api_key_env not in os.environ:
         parser.error(f"--api-key-env {args.api_key_env}: no such environment variable")
     return args
+
+
+def read_api_key(args: argparse.Namespace) -> str:
+    if args.api_key_stdin:
+        return sys.stdin.readline().strip()
+    return os.environ.get(args.api_key_env, "") if args.api_key_env else ""
 
 
 def report(args: argparse.Namespace, status: int, checks: list[dict], answer: str, error: str | None) -> None:
@@ -215,7 +224,7 @@ def report(args: argparse.Namespace, status: int, checks: list[dict], answer: st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    api_key = read_api_key(args)
     try:
         answer, latency = ask(args, api_key)
     except SmokeError as error:

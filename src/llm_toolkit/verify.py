@@ -52,6 +52,19 @@ def summarise(junit_xml: str) -> dict:
     return dict(sorted(hosts.items()))
 
 
+def host_lines(entry: dict | None, skipped: bool = True) -> list[str]:
+    """One host's summary as lines: the verdict with its counts, then each failed (and skipped) check."""
+    if entry is None:
+        return ["not verified: the verifiers did not report this host"]
+    verdict = "FAILED" if entry["failed"] else "ok"
+    counts = f"{len(entry['passed'])} passed, {len(entry['failed'])} failed, {len(entry['skipped'])} skipped"
+    lines = [f"{verdict} ({counts})"]
+    lines += [f"FAILED {failure['check']}: {failure['message']}" for failure in entry["failed"]]
+    if skipped:
+        lines += [f"skipped {skip['check']}: {skip['reason']}" for skip in entry["skipped"]]
+    return lines
+
+
 def exit_code(pytest_rc: int, hosts: dict) -> int:
     if pytest_rc == 0 and hosts:
         return 0
@@ -108,15 +121,10 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for host, entry in hosts.items():
-            verdict = "FAILED" if entry["failed"] else "ok"
-            print(
-                f"{host}: {verdict} ({len(entry['passed'])} passed, {len(entry['failed'])} failed, "
-                f"{len(entry['skipped'])} skipped)"
-            )
-            for failure in entry["failed"]:
-                print(f"  FAILED {failure['check']}: {failure['message']}")
-            for skip in entry["skipped"]:
-                print(f"  skipped {skip['check']}: {skip['reason']}")
+            first, *details = host_lines(entry)
+            print(f"{host}: {first}")
+            for line in details:
+                print(f"  {line}")
     if status == 2:
         tail = "\n".join(output.strip().splitlines()[-5:])
         print(

@@ -23,7 +23,7 @@ SIMULATE_2_GPUS = [
     "-e",
     "vllm_cpu_simulates_gpus=true",
     "-e",
-    "llm_preflight_vllm_max_model_len=512",
+    "vllm_max_model_len=512",
 ]
 ITALIAN = "Ciao! Sono un piccolo modello di prova. Posso rispondere in italiano."
 CHAT = """python3 - <<'EOF'

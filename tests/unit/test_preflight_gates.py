@@ -180,9 +180,7 @@ def test_vllm_cu129_needs_driver_575_51_03(driver, ok):
 
 def test_a_driver_too_old_for_cu129_is_told_which_build_fits():
     failure = check(report(gpu_facts("1x-A100-80GB")), "driver for vLLM 0.33.0 (cu129)")
-    assert (
-        failure["fix"] == "upgrade the NVIDIA driver to 575.51.03 or newer, or set llm_preflight_vllm_cuda_build: cu128"
-    )
+    assert failure["fix"] == "upgrade the NVIDIA driver to 575.51.03 or newer, or set vllm_cuda_build: cu128"
     assert report(gpu_facts("1x-A100-80GB"), vllm_cuda_build="cu128")["verdict"]["phase2"] == "pass"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -13,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from lablib import image as lab_image
-from lablib import system
-from lablib.core import (
+from . import image as lab_image
+from . import layer as lab_layer
+from . import system
+from .core import (
     DEFAULT_LAB,
+    LAYERS,
     NO_GPU_PROFILE,
+    NO_LAYER,
     LabError,
     LabSpec,
     default_subnet,
@@ -44,7 +48,11 @@ PROFILES_FILE = system.STANDINS / "nvidia_smi" / "profiles.json"
 DESCRIPTION = """\
 Disposable Debian test hosts with systemd as PID 1 (systemd-nspawn), reachable over ssh on
 their own addresses on a host bridge with NAT. Each host can carry a simulated GPU profile
-(a test-only fake nvidia-smi from tests/standins). Run as root.
+(a test-only fake nvidia-smi from tests/standins), be put in inventory groups other than
+llm_servers (--group), and boot on a saved layer with a role's software already installed
+(--layer; built once per lock file and image, cached under LAB_HOME/layers). `nat off` cuts
+a running lab off from everything but its own hosts and this machine's bridge address;
+`nat on` restores it. Run as root.
 
 environment:
   LAB_HOME          cache and state directory (default /var/cache/llm-lab)
@@ -81,8 +89,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="[HOST=]PROFILE",
         help=f"simulated GPU profile for every host, or for one host; one of: {', '.join(known_profiles())}",
     )
+    up.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="HOST=GROUP",
+        help="put HOST in inventory group GROUP instead of llm_servers (repeat for more groups or hosts); "
+        "kept by later 'up's until 'down'",
+    )
+    up.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="[HOST=]LAYER",
+        help=f"boot every host, or one host, on a saved layer; one of: {', '.join([NO_LAYER, *LAYERS])}; "
+        "kept by later 'up's until 'down'",
+    )
     up.add_argument("--fresh", action="store_true", help="discard hosts that are up and boot new ones")
     commands.add_parser("down", help="stop every host and remove all the lab left on the machine")
+    nat = commands.add_parser("nat", help="cut a running lab off from the outside (off), or reconnect it (on)")
+    nat.add_argument("state", choices=["on", "off"])
+    layer = commands.add_parser("layer", help="build a saved layer now (a no-op when cached), or rewrite its lock")
+    layer.add_argument("layer", choices=sorted(LAYERS), metavar="LAYER", help=f"one of: {', '.join(LAYERS)}")
+    layer.add_argument(
+        "--lock",
+        action="store_true",
+        help="install as the role does in a temporary host and rewrite the layer's lock file from it",
+    )
     status = commands.add_parser("status", help="show the hosts and their systemd state")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inventory = commands.add_parser("inventory", help="write the Ansible inventory of the lab")
@@ -182,12 +215,20 @@ def cmd_image(lab: Lab, args: argparse.Namespace) -> int:
 
 def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    nodes = plan_nodes(lab.name, lab.subnet, args.count, args.gpu, known_profiles())
+
+    def plan(previous: LabSpec | None):
+        layers = list(LAYERS)
+        return plan_nodes(
+            lab.name, lab.subnet, args.count, args.gpu, known_profiles(), args.group, args.layer, layers, previous
+        )
+
+    plan(None)  # bad arguments are refused first, whoever runs it
     system.require_root("up")
+    previous = lab.load()
+    nodes = plan(previous)
     image_dir = lab_image.image_path(lab.home)
     system.preflight(lab.home, _min_free(), need_image_tools=not image_dir.exists())
-    spec = LabSpec(name=lab.name, subnet=lab.subnet, nodes=nodes)
-    previous = lab.load()
+    spec = LabSpec(name=lab.name, subnet=lab.subnet, nodes=nodes, nat=previous.nat if previous else True)
     if previous and previous.subnet != spec.subnet:
         raise LabError(
             f"lab {lab.name!r} is up on {previous.subnet}, not {spec.subnet}; expected the same subnet; "
@@ -203,22 +244,37 @@ def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
         key = system.ensure_key(lab.home)
         image_dir = lab_image.build_image(lab.home, log=say)
         wanted = {node.name: node for node in nodes}
+        # A host is kept when it runs and stays on the layer it booted on; the others boot anew.
+        kept = {
+            name
+            for name in lab.node_dirs()
+            if not args.fresh
+            and name in wanted
+            and system.node_running(lab.state_dir, name)
+            and previous is not None
+            and previous.node(name) is not None
+            and previous.node(name).layer == wanted[name].layer
+        }
+        to_boot = [node for node in nodes if node.name not in kept]
+        # Layers are built before any host stops, so a failed build leaves the lab as it was.
+        layers = {
+            name: lab_layer.ensure_layer(lab.home, name, image_dir, key, log=say)
+            for name in sorted({node.layer for node in to_boot if node.layer})
+        }
         for name in lab.node_dirs():
-            if args.fresh or name not in wanted or not system.node_running(lab.state_dir, name):
+            if name not in kept:
                 system.stop_node(lab.state_dir, name)
         lab.save(spec)
         system.network_up(spec)
-        running = set(lab.node_dirs())
-        to_boot = [node for node in nodes if node.name not in running]
         for node in nodes:
-            if node.name in running:
+            if node.name in kept:
                 system.set_gpu_profile(system.NodePaths(lab.state_dir, node.name), node.gpu_profile)
         for node in to_boot:
-            system.start_node(lab.state_dir, spec, node, image_dir, key)
+            system.start_node(lab.state_dir, spec, node, image_dir, key, layers.get(node.layer))
         timeout = float(os.environ.get("LAB_BOOT_TIMEOUT", "120"))
         system.in_parallel(
             lambda node: (
-                boot_with_one_retry(lab, spec, node, image_dir, key, timeout)
+                boot_with_one_retry(lab, spec, node, image_dir, key, timeout, layers.get(node.layer))
                 if node in to_boot
                 else system.wait_node(lab.state_dir, node, key, timeout)
             ),
@@ -232,14 +288,16 @@ def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
     return 0
 
 
-def boot_with_one_retry(lab: Lab, spec: LabSpec, node, image_dir: Path, key: Path, timeout: float) -> None:
+def boot_with_one_retry(
+    lab: Lab, spec: LabSpec, node, image_dir: Path, key: Path, timeout: float, layer: Path | None = None
+) -> None:
     """Wait for a node just booted; one that failed to come up is booted once more before giving up."""
     try:
         system.wait_node(lab.state_dir, node, key, timeout)
     except LabError as first:
         say(f"{first}; booting {node.name} once more")
         system.stop_node(lab.state_dir, node.name)
-        system.start_node(lab.state_dir, spec, node, image_dir, key)
+        system.start_node(lab.state_dir, spec, node, image_dir, key, layer)
         system.wait_node(lab.state_dir, node, key, timeout)
 
 
@@ -275,20 +333,29 @@ def cmd_status(lab: Lab, args: argparse.Namespace) -> int:
                 "host": node.name,
                 "address": node.address,
                 "gpu_profile": node.gpu_profile,
+                "groups": list(node.groups),
+                "layer": node.layer or None,
                 "container": "running" if running else "stopped",
                 "systemd": systemd_state,
             }
         )
     healthy = bool(rows) and all(row["systemd"] == "running" for row in rows)
+    nat = spec.nat if spec else None
     if args.json:
-        print(json.dumps({"lab": lab.name, "subnet": lab.subnet, "healthy": healthy, "hosts": rows}, indent=2))
+        report = {"lab": lab.name, "subnet": lab.subnet, "nat": nat, "healthy": healthy, "hosts": rows}
+        print(json.dumps(report, indent=2))
     elif not rows:
         print(f"lab {lab.name!r} is down")
     else:
-        columns = ["host", "address", "gpu_profile", "container", "systemd"]
-        widths = {col: max(len(col), *(len(row[col]) for row in rows)) for col in columns}
-        for row in [{col: col for col in columns}, *rows]:
-            print("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
+        columns = ["host", "address", "gpu_profile", "groups", "layer", "container", "systemd"]
+        cells = [{col: col for col in columns}] + [
+            {**row, "groups": ",".join(row["groups"]), "layer": row["layer"] or "-"} for row in rows
+        ]
+        widths = {col: max(len(cell[col]) for cell in cells) for col in columns}
+        for cell in cells:
+            print("  ".join(cell[col].ljust(widths[col]) for col in columns).rstrip())
+        reach = "the outside too" if nat else f"each other and {spec.gateway} only"
+        print(f"NAT: {'on' if nat else 'off'} (hosts reach {reach})")
     return 0 if healthy else 3
 
 
@@ -314,11 +381,49 @@ def cmd_gpu(lab: Lab, args: argparse.Namespace) -> int:
     with lab.locked():
         system.set_gpu_profile(system.NodePaths(lab.state_dir, args.host), args.profile)
         spec.nodes = [
-            type(node)(node.name, node.address, args.profile) if node.name == args.host else node for node in spec.nodes
+            dataclasses.replace(node, gpu_profile=args.profile) if node.name == args.host else node
+            for node in spec.nodes
         ]
         lab.save(spec)
         lab.write_inventory(spec)
     say(f"host {args.host} now has GPU profile {args.profile}")
+    return 0
+
+
+def cmd_nat(lab: Lab, args: argparse.Namespace) -> int:
+    system.require_root("nat")
+    spec = lab.load()
+    if spec is None or not system.link_exists(spec.bridge):
+        raise LabError(
+            f"lab {lab.name!r} is down, so it has no NAT to switch; expected a running lab; "
+            f"fix: scripts/lab --name {lab.name} up 3 first"
+        )
+    with lab.locked():
+        spec = lab.load() or spec
+        spec.nat = args.state == "on"
+        system.apply_nat(spec)
+        lab.save(spec)
+    if spec.nat:
+        say(f"NAT is on: the hosts of lab {lab.name!r} reach the outside again")
+    else:
+        say(f"NAT is off: the hosts of lab {lab.name!r} reach each other and {spec.gateway} only")
+    return 0
+
+
+def cmd_layer(lab: Lab, args: argparse.Namespace) -> int:
+    system.require_root("layer")
+    image_dir = lab_image.image_path(lab.home)
+    system.preflight(lab.home, _min_free(), need_image_tools=not image_dir.exists())
+    key = system.ensure_key(lab.home)
+    with lab.locked():
+        image_dir = lab_image.build_image(lab.home, log=say)
+    recipe = LAYERS[args.layer]
+    if args.lock:
+        with lab_layer.build_lock(lab.home):
+            path = lab_layer.write_lock(lab.home, recipe, image_dir, key, log=say)
+        say(f"wrote {path.relative_to(system.REPO)}; commit it: the next --layer {recipe.name} builds from it")
+        return 0
+    print(lab_layer.ensure_layer(lab.home, args.layer, image_dir, key, log=say))
     return 0
 
 
@@ -334,6 +439,8 @@ COMMANDS = {
     "status": cmd_status,
     "inventory": cmd_inventory,
     "gpu": cmd_gpu,
+    "nat": cmd_nat,
+    "layer": cmd_layer,
 }
 
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lablib.core import LabError, apt_mirror, recipe_key
+from .core import LabError, apt_mirror, overlay_lower_dirs, recipe_key
 
 SUITE = "bookworm"
 PACKAGES = [
@@ -33,6 +33,8 @@ HOST_SOURCES = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/s
 CONFIGURE_SCRIPT = r"""
 set -eu
 : > /etc/machine-id
+# dbus made a machine id of its own, which systemd would give every host; each host makes its own.
+ln -sf /etc/machine-id /var/lib/dbus/machine-id
 rm -f /etc/hostname
 echo 'LANG=C.UTF-8' > /etc/default/locale
 update-ca-certificates >/dev/null
@@ -126,9 +128,9 @@ def build_image(lab_home: Path, suite: str = SUITE, log=print) -> Path:
 def remove_unused_images(keep: Path) -> None:
     """Drop images of older recipes that no running host uses, so the cache does not grow."""
     with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        in_use = mountinfo.read()
+        in_use = overlay_lower_dirs(mountinfo.read())
     for image in keep.parent.iterdir():
-        if image != keep and image.is_dir() and not image.name.endswith(".tmp") and f"lowerdir={image}" not in in_use:
+        if image != keep and image.is_dir() and not image.name.endswith(".tmp") and str(image) not in in_use:
             shutil.rmtree(image)
 
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from lablib.core import (
+from .core import (
     CGROUP_GROUP,
     NO_GPU_PROFILE,
     LabError,
@@ -26,6 +26,8 @@ from lablib.core import (
     iptables_rules,
     network_unit,
     nspawn_command,
+    overlay_lower_dirs,
+    overlay_options,
     rules_to_delete,
 )
 
@@ -152,9 +154,24 @@ def network_up(spec: LabSpec) -> None:
     run(["ip", "addr", "replace", f"{spec.gateway}/{spec.network.prefixlen}", "dev", spec.bridge])
     run(["ip", "link", "set", spec.bridge, "up"])
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    apply_nat(spec)
+
+
+def apply_nat(spec: LabSpec) -> None:
+    """Make the lab's tagged rules those of spec.nat: the new ones first, then the old ones go.
+
+    Ours go first in their chains, so that no other rule on the machine decides for the lab.
+    """
     for table, rule in iptables_rules(spec):
-        if run(["iptables", "-t", table, "-C", *rule], check=False).returncode != 0:
-            run(["iptables", "-t", table, "-A", *rule])
+        if not _rule_present(table, rule):
+            run(["iptables", "-t", table, "-I", rule[0], "1", *rule[1:]])
+    for table, rule in iptables_rules(spec, nat=not spec.nat):
+        while _rule_present(table, rule):
+            run(["iptables", "-t", table, "-D", *rule])
+
+
+def _rule_present(table: str, rule: list[str]) -> bool:
+    return run(["iptables", "-t", table, "-C", *rule], check=False).returncode == 0
 
 
 def network_down(spec: LabSpec) -> None:
@@ -170,7 +187,7 @@ def leftover_rules(spec: LabSpec) -> list[str]:
     found = []
     for table in ("nat", "filter"):
         listing = run(["iptables", "-t", table, "-S"]).stdout.splitlines()
-        found += [line for line in listing if spec.comment in line]
+        found += [f"-t {table} -A {' '.join(rule[1:])}" for rule in rules_to_delete(listing, spec.comment)]
     return found
 
 
@@ -222,7 +239,22 @@ def mounts_under(path: Path) -> list[str]:
         return [line.split()[4] for line in mountinfo if line.split()[4].startswith(prefix)]
 
 
-def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Path) -> None:
+def lower_dirs_in_use() -> set[str]:
+    """Directories some overlay on this machine has as a lower layer (images and layers in use)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return overlay_lower_dirs(mountinfo.read())
+
+
+def start_node(
+    state_dir: Path,
+    spec: LabSpec,
+    node: Node,
+    image: Path,
+    key: Path,
+    layer: Path | None = None,
+    extra_binds: tuple[str, ...] = (),
+) -> None:
+    """Boot a node on the image (and a saved layer above it, if any) under its own upper directory."""
     paths = NodePaths(state_dir, node.name)
     veth = f"vb-{node.name}"
     if link_exists(veth):
@@ -244,7 +276,7 @@ def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Pat
                 "overlay",
                 "overlay",
                 "-o",
-                f"lowerdir={image},upperdir={paths.upper},workdir={paths.work}",
+                overlay_options([layer, image] if layer else [image], paths.upper, paths.work),
                 str(paths.root),
             ]
         )
@@ -265,6 +297,7 @@ def start_node(state_dir: Path, spec: LabSpec, node: Node, image: Path, key: Pat
         keep_unit,
         local_wheels(),
         venvs,
+        extra_binds,
     )
     env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
     with open(paths.console, "ab") as console:
@@ -338,8 +371,11 @@ def wait_node(state_dir: Path, node: Node, key: Path, timeout: float) -> None:
     )
 
 
-def stop_node(state_dir: Path, node_name: str, timeout: float = 30) -> None:
-    """Power the node off cleanly, then remove every trace of it (processes, cgroups, mount, files)."""
+def stop_node(state_dir: Path, node_name: str, timeout: float = 30, keep_upper: Path | None = None) -> None:
+    """Power the node off cleanly, then remove every trace of it (processes, cgroups, mount, files).
+
+    keep_upper: move the node's upper directory (its changes to the image) there first.
+    """
     paths = NodePaths(state_dir, node_name)
     if paths.dir.exists():
         paths.stopping.write_text("")
@@ -363,6 +399,8 @@ def stop_node(state_dir: Path, node_name: str, timeout: float = 30) -> None:
             parent.rmdir()
     if is_mounted(paths.root):
         run(["umount", str(paths.root)])
+    if keep_upper is not None:
+        paths.upper.rename(keep_upper)
     if paths.dir.exists():
         shutil.rmtree(paths.dir)
 

@@ -6,11 +6,13 @@ SHELL := /bin/bash
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-# The lab's hosts and their simulated GPU profiles (scripts/lab --help lists the profiles).
+# The lab: its name (several labs can run side by side; the integration suite runs this same
+# target under another name), its hosts and their simulated GPU profiles (scripts/lab --help).
+export LAB_NAME ?= lab
 LAB_HOSTS ?= 3
-LAB_GPUS ?= --gpu lab1=4x-A100-40GB --gpu lab2=8x-H100-80GB --gpu lab3=none
+LAB_GPUS ?= --gpu $(LAB_NAME)1=4x-A100-40GB --gpu $(LAB_NAME)2=8x-H100-80GB --gpu $(LAB_NAME)3=none
 
-.PHONY: help deps venv wheel lab lab-down lint unit integration test constraints
+.PHONY: help deps venv wheel lab lab-timing lab-down lint unit integration test constraints
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,9 +41,13 @@ $(WHEEL_RECORD): $(VENV)/.installed scripts/build_wheel.py $(WHEEL_SOURCES)
 lab: deps venv wheel ## Boot lab hosts, converge them with playbooks/site.yml, verify them, print a summary
 	scripts/lab up $(LAB_HOSTS) $(LAB_GPUS)
 	LAB_MODEL_DIR=$$(python tests/models/tiny_model_cache.py) python -m tests.standins.ollama.depot lab -- \
-		ansible-playbook -i inventory/lab playbooks/site.yml
+		ansible-playbook -i "$$(dirname "$$(scripts/lab inventory)")" playbooks/site.yml
 	scripts/lab status
 	@echo "lab is up; converge again: make lab; tear down: make lab-down"
+
+lab-timing: venv wheel ## Time a no-op converge of the running lab: each host alone, then all hosts
+	LAB_MODEL_DIR=$$(python tests/models/tiny_model_cache.py) python -m tests.standins.ollama.depot lab -- \
+		python scripts/converge_timing.py --inventory "$$(dirname "$$(scripts/lab inventory)")"
 
 lab-down: ## Stop the lab hosts and remove everything the lab left on this machine
 	scripts/lab down

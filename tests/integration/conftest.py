@@ -38,17 +38,12 @@ os.environ["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
 SESSION_LAB = "itest"
 SESSION_PROFILES = {"itest1": "4x-A100-40GB", "itest2": "8x-H100-80GB", "itest3": "none"}
 
-# The session lab's hosts are shared, so the modules run in this order: test_site needs fresh
-# hosts, and the phase tests converge some hosts further. Modules not listed run first.
-MODULE_ORDER = ["test_preflight", "test_site", "test_ollama", "test_vllm", "test_verify"]
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item) -> int:
-        name = item.module.__name__.rsplit(".", 1)[-1]
-        return MODULE_ORDER.index(name) + 1 if name in MODULE_ORDER else 0
-
-    items.sort(key=rank)  # stable: the order within a module is kept
+# The vLLM API key of every playbook run on the session lab (inventory/lab/group_vars reads it from
+# LAB_VLLM_API_KEY): a canary that must never show in output, logs or process lists.
+CANARY = "canary-key-7f3a9c"
+# What every playbook run on the session lab sees, once `converged` has set it: the tiny model, the
+# test depot and the key, so that no run disables a backend another module converged.
+LAB_ENV: dict[str, str] = {"LAB_VLLM_API_KEY": CANARY}
 
 
 def lab_unavailable_reason() -> str | None:
@@ -137,7 +132,20 @@ def run_playbook(*args: str, env: dict | None = None) -> PlaybookRun:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1", **(env or {})},
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", **LAB_ENV, **(env or {})},
+        check=False,
+    )
+    return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+def make_lab(name: str) -> PlaybookRun:
+    """The README's main command, `make lab`, exactly as a user runs it, for the named lab."""
+    result = subprocess.run(
+        ["make", "lab", f"LAB_NAME={name}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "LAB_VLLM_API_KEY": CANARY},
         check=False,
     )
     return PlaybookRun(result.returncode, result.stdout + result.stderr)
@@ -147,6 +155,7 @@ def run_playbook(*args: str, env: dict | None = None) -> PlaybookRun:
 class Lab:
     name: str
     inventory: Path
+    first: PlaybookRun
 
     @property
     def hosts(self) -> list[str]:
@@ -179,29 +188,44 @@ class Lab:
         )
 
 
+@dataclass
+class Converged:
+    """The main command's flow on the session lab: `make lab` on fresh hosts, `make lab` again, `--check`."""
+
+    first: PlaybookRun
+    second: PlaybookRun
+    check: PlaybookRun | None = None
+
+
 @pytest.fixture(scope="session")
 def session_lab():
-    """Three fresh lab hosts for the whole run; always torn down, and checked to leave nothing."""
+    """The README's main command on fresh hosts: `make lab` boots the three host kinds it documents
+    (two simulated GPU hosts, one CPU host) and converges them with both backends, the .env, the smoke
+    test and the verifiers. Shared by the whole run; always torn down, and checked to leave nothing."""
     require_lab()
     lab(SESSION_LAB, "down")
-    gpu_args = [arg for host, profile in SESSION_PROFILES.items() for arg in ("--gpu", f"{host}={profile}")]
     try:
-        lab(SESSION_LAB, "up", str(len(SESSION_PROFILES)), *gpu_args)
+        first = make_lab(SESSION_LAB)
         status = json.loads(lab(SESSION_LAB, "status", "--json").stdout)
         assert status["healthy"], status
+        assert sorted(node["host"] for node in status["hosts"]) == sorted(SESSION_PROFILES), status
         inventory = Path(lab(SESSION_LAB, "inventory").stdout.strip()).parent
-        yield Lab(SESSION_LAB, inventory)
+        yield Lab(SESSION_LAB, inventory, first)
     finally:
         lab(SESSION_LAB, "down")
     assert leftovers(SESSION_LAB) == []
 
 
 @pytest.fixture(scope="session")
-def converged(session_lab):
-    """site.yml run twice on the session lab: the first run converges, the second must change nothing."""
-    first = session_lab.playbook()
-    second = session_lab.playbook()
-    return first, second
+def converged(session_lab, tiny_model, depot_url):
+    """The first `make lab` (it must pass), the second (it must change nothing, env and smoke included),
+    then site.yml in check mode; from here on every playbook run sees both backends (LAB_ENV)."""
+    first = session_lab.first
+    assert first.returncode == 0, first.output[-6000:]
+    second = make_lab(session_lab.name)
+    LAB_ENV.update(LAB_MODEL_DIR=str(tiny_model), LAB_OLLAMA_DEPOT=depot_url)
+    check = session_lab.playbook("--check")
+    return Converged(first, second, check)
 
 
 # The Ollama stand-in's depot (tests/standins/ollama) on the session lab's bridge: two releases of
@@ -213,7 +237,7 @@ DEPOT_PORT = 8765
 @pytest.fixture(scope="session")
 def depot_server(session_lab, tiny_model):
     url = depot.lab_url(session_lab.name, DEPOT_PORT)
-    root = LAB_HOME / "depots" / session_lab.name
+    root = LAB_HOME / "depots" / f"{session_lab.name}-tests"  # make lab serves its own under the lab's name
     depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
     server = depot.start_server(root, url)
     server.url = url

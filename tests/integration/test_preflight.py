@@ -3,12 +3,24 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
+import testinfra
 
-from tests.integration.conftest import LAB_HOME, REPO, SESSION_LAB, SESSION_PROFILES, lab, run_playbook
+from tests.integration.conftest import (
+    LAB_HOME,
+    REPO,
+    SESSION_LAB,
+    SESSION_PROFILES,
+    lab,
+    leftovers,
+    require_lab,
+    run_playbook,
+)
 
 MIB = 2**20
+FRESH_LAB = "pflab"
 # Expected verdicts with the default model (Mixtral 8x7B; Ollama 0.32.15; vLLM 0.33.0 cu129 serving AWQ),
 # before the disk gate, which depends on this machine's free space (see expected()).
 VERDICTS = {
@@ -98,15 +110,32 @@ def test_check_mode_gives_the_same_verdicts(session_lab, restore_profiles, tmp_p
     assert reports(check)["itest1"]["verdict"] == {"phase1": "fail", "phase2": "fail"}
 
 
-def test_a_failed_preflight_stops_every_host_before_anything_changes(session_lab, restore_profiles, tmp_path):
-    lab(SESSION_LAB, "gpu", "itest2", "driver-broken")
-    run = session_lab.playbook(*BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}")
+@pytest.fixture
+def fresh_hosts():
+    """Two hosts that nothing has converged yet (the session lab's are converged by `make lab`)."""
+    require_lab()
+    lab(FRESH_LAB, "down")
+    try:
+        lab(FRESH_LAB, "up", "2", "--gpu", f"{FRESH_LAB}1=4x-A100-40GB", "--gpu", f"{FRESH_LAB}2=driver-broken")
+        inventory = Path(lab(FRESH_LAB, "inventory").stdout.strip()).parent
+        yield inventory
+    finally:
+        lab(FRESH_LAB, "down")
+    assert leftovers(FRESH_LAB) == []
+
+
+def test_a_failed_preflight_stops_every_host_before_anything_changes(fresh_hosts, tmp_path):
+    run = run_playbook(
+        "-i", str(fresh_hosts), "playbooks/site.yml", *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}"
+    )
     assert run.returncode != 0
-    assert "itest2: NVIDIA GPU and driver" in run.output
-    assert all(run.recap[name]["changed"] == 0 for name in session_lab.hosts)
-    for name in session_lab.hosts:
-        assert not session_lab.host(name).file("/etc/ansible/facts.d/llm_toolkit.fact").exists, name
-    assert reports(tmp_path)["itest1"]["passed"] is True
+    assert f"{FRESH_LAB}2: NVIDIA GPU and driver" in run.output
+    assert all(run.recap[name]["changed"] == 0 for name in (f"{FRESH_LAB}1", f"{FRESH_LAB}2"))
+    for name in (f"{FRESH_LAB}1", f"{FRESH_LAB}2"):
+        host = testinfra.get_host(f"ansible://{name}", ansible_inventory=str(fresh_hosts))
+        assert not host.file("/etc/ansible/facts.d/llm_toolkit.fact").exists, name
+        assert not host.file("/etc/llm-toolkit").exists, name
+    assert reports(tmp_path)[f"{FRESH_LAB}1"]["passed"] is True
 
 
 def test_the_cpu_host_passes_with_the_gpu_gates_skipped_and_says_so(session_lab, tmp_path):

@@ -1,18 +1,34 @@
-"""playbooks/site.yml on lab hosts: converges, is idempotent, works in check mode, and is verified."""
+"""The README's main command on fresh lab hosts, exactly as users run it: `make lab` converges the three
+host kinds with both backends (the Ollama stand-in and vLLM's CPU build on the tiny model), the .env,
+the smoke test and the verifiers; a second `make lab` changes nothing (env and smoke included); a
+`--check` run changes nothing; then the baseline's verifiers are shown failing and repaired."""
 
 import json
 import re
 
 import pytest
 
-from tests.integration.conftest import REPO
+from tests.integration.conftest import CANARY, REPO
 
 VERIFY_BASE = REPO / "tests" / "verify" / "test_base.py"
 
 
 def test_first_run_converges_every_host(converged, session_lab):
-    first, _ = converged
+    first = converged.first
     assert first.returncode == 0, first.output[-3000:]
+    for stage in (
+        "Check the hosts before anything changes",
+        "Apply the LLM host baseline",
+        "Serve the quantized model with Ollama",
+        "Serve the model with vLLM",
+        "Write the app's .env",
+        "Ask every backend in Italian",
+        "Verify every host",
+    ):
+        assert f"PLAY [{stage}]" in first.output, stage
+    assert "vllm: smoke test passed" in first.output
+    assert "ollama: smoke test passed" in first.output
+    assert CANARY not in first.output
     for name in session_lab.hosts:
         assert first.recap[name]["failed"] == 0
         assert first.recap[name]["unreachable"] == 0
@@ -20,13 +36,14 @@ def test_first_run_converges_every_host(converged, session_lab):
 
 
 def test_second_run_reports_no_change(converged, session_lab):
-    _, second = converged
+    second = converged.second
     assert second.returncode == 0, second.output[-3000:]
+    assert "vllm: smoke test passed" in second.output
     assert {name: second.recap[name]["changed"] for name in session_lab.hosts} == dict.fromkeys(session_lab.hosts, 0)
 
 
 def test_check_mode_on_converged_hosts_reports_no_change(converged, session_lab):
-    check = session_lab.playbook("--check")
+    check = converged.check
     assert check.returncode == 0, check.output[-3000:]
     assert all(check.recap[name]["changed"] == 0 for name in session_lab.hosts)
 

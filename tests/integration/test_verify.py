@@ -12,10 +12,9 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import REPO
+from tests.integration.conftest import CANARY, REPO
 
 HOST = "itest3"
-CANARY = "canary-key-7f3a9c"
 ENV_PATH = "/etc/llm-toolkit/app.env"
 ENGLISH_TEMPLATE = "{{ bos_token }}[INST] Hello, how can I help you? [/INST]"
 
@@ -40,24 +39,17 @@ def failing(summary: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def site(session_lab, tiny_model, depot_url):
-    run = session_lab.playbook(
-        "--limit",
-        HOST,
-        "-e",
-        f"vllm_api_key={CANARY}",
-        env={"LAB_MODEL_DIR": str(tiny_model), "LAB_OLLAMA_DEPOT": depot_url},
-    )
-    yield run
-    session_lab.host(HOST).run("systemctl stop ollama.service vllm.service")
+def site(converged, session_lab):
+    """The whole site.yml once more on the converged CPU host (both backends, the key set)."""
+    return session_lab.playbook("--limit", HOST)
 
 
 def test_site_ends_with_the_smoke_test_and_a_green_verifier_summary(site, session_lab):
     assert site.returncode == 0, site.output[-4000:]
     assert "smoke | Ask every backend in Italian" in site.output
-    assert f"{HOST}: vllm (mixtral): passed" in site.output
-    assert f"{HOST}: ollama (mixtral): passed" in site.output
-    assert f"{HOST}: ok (" in site.output
+    assert "vllm: smoke test passed: openai mixtral at http://127.0.0.1:8000 answered in" in site.output
+    assert "ollama: smoke test passed: ollama mixtral at http://127.0.0.1:11434 answered" in site.output
+    assert "    - ok (" in site.output
     assert CANARY not in site.output
 
 
@@ -160,8 +152,6 @@ def test_the_benchmark_tag_writes_json_markdown_and_a_chart_per_host(site, sessi
         "benchmark",
         "--limit",
         HOST,
-        "-e",
-        f"vllm_api_key={CANARY}",
         "-e",
         f"llm_benchmark_report_dir={tmp_path}",
         "-e",

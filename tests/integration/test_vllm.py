@@ -6,12 +6,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.conftest import lab
+from tests.integration.conftest import CANARY, lab
 from tests.standins.hf_hub import hf_hub_standin
 from tests.standins.ollama import depot
 
 HOST = "itest3"  # the session lab's CPU host
-CANARY = "canary-key-7f3a9c"
 HF_CANARY = "hf_canary_3b9d1e"
 HF_REPO = "toolkit-tests/tiny-mixtral"
 HUB_PORT = 8766
@@ -68,15 +67,9 @@ def chat(host, with_key: bool) -> str:
         host.run("rm -f /root/key")
 
 
-@pytest.fixture(scope="module")
-def converged(session_lab, tiny_model):
-    first = phase2(session_lab, tiny_model)
-    assert first.returncode == 0, first.output[-4000:]
-    return first
-
-
 def test_first_run_converges_and_serves_the_italian_prompt_in_italian(converged, session_lab):
-    assert converged.recap[HOST]["changed"] > 0
+    """The main command's first run (the session's `make lab` on fresh hosts) installed phase 2."""
+    assert converged.first.recap[HOST]["changed"] > 0
     host = session_lab.host(HOST)
     assert host.service("vllm.service").is_running
     assert host.service("vllm.service").is_enabled
@@ -103,7 +96,7 @@ def test_the_key_is_in_a_private_file_never_on_a_command_line(converged, session
     assert pids, "vLLM runs no process as the vllm user"
     for pid in pids:
         assert CANARY not in host.run(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
-    assert CANARY not in converged.output
+    assert CANARY not in converged.first.output
 
 
 def test_the_unit_verifies_and_is_hardened(converged, session_lab):

@@ -176,3 +176,19 @@ def test_the_benchmark_tag_writes_json_markdown_and_a_chart_per_host(site, sessi
     rows = (reports / "compare.md").read_text().splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| openai mixtral", "| ollama mixtral"]
     assert (reports / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_benchmark_on_a_simulated_gpu_host_computes_the_memory_bandwidth_bound(converged, session_lab):
+    """The GPU path of the benchmark on a host: the GPU's name from (the stand-in) nvidia-smi, the
+    catalog from the installed llm_toolkit wheel, the bound of the plan's model on that GPU."""
+    host = session_lab.host("itest1")  # simulated 4x A100 40GB, Ollama serving the tiny model
+    result = host.run(
+        "gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+        " && /opt/llm-toolkit/venv/bin/python -m llm_toolkit.benchmark --base-url http://127.0.0.1:11434"
+        ' --api ollama --model mixtral --runs 1 --warmup 0 --max-tokens 8 --no-progress --gpu "$gpu"'
+        " --catalog-model mixtral-8x7b-instruct --format awq --tensor-parallel 2 --json /root/gpu-bench.json"
+    )
+    assert result.rc == 0, result.stderr
+    config = json.loads(host.file("/root/gpu-bench.json").content_string)["config"]
+    assert config["gpu_bandwidth_gbps"] > 1000, config
+    assert config["hardware_bound_tokens_per_s"] > 0, config

@@ -7,6 +7,7 @@
 {{ 'mixtral:8x7b' | llm_ollama_entry }}                    what the catalog knows of a tag
 {{ 'mixtral' | llm_ollama_manifest_path }}                 registry.ollama.ai/library/mixtral/latest
 {{ 3100000 | llm_ollama_bytes }}                           3.1 MB
+{{ model | llm_ollama_warm_up_refusal(status, error, running, accelerator) }}  why the warm-up failed, or ""
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from llm_toolkit.host.llm_ollama import describe_progress, human_bytes, manifest_path, model_digests, normalize_name
 
 from llm_toolkit.catalog import load_models, ollama_entry
+from llm_toolkit.ollama import warm_up_refusal
 
 DOCUMENTATION = """
 name: llm_ollama_filters
@@ -59,6 +61,10 @@ def entry(tag):
     return ollama_entry(load_models(), str(tag))
 
 
+def warm_up(model, status, error, running, accelerator):
+    return warm_up_refusal(str(model), int(status or 0), str(error or ""), list(running or []), str(accelerator))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -69,4 +75,5 @@ class FilterModule:
             "llm_ollama_entry": entry,
             "llm_ollama_manifest_path": manifest,
             "llm_ollama_bytes": bytes_text,
+            "llm_ollama_warm_up_refusal": warm_up,
         }

@@ -160,3 +160,21 @@ def test_filter_progress_reads_the_progress_file_text():
     assert progress("m", "{broken") == "m: starting"
     text = json.dumps({"status": "pulling x", "completed": 1, "total": 4, "percent": 25.0})
     assert progress("m", text) == "m: 25.0% (1 B of 4 B), pulling x"
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "running", "accelerator", "expected"),
+    [
+        (200, "", [{"size_vram": 100}], "gpu", ""),
+        (200, "", [{"size_vram": 0}], "cpu", ""),
+        (200, "", [{"size_vram": 0}], "gpu", "m loaded on the CPU (size_vram 0 in /api/ps); expected it in GPU memory"),
+        (500, "model requires more system memory", [], "gpu", "m did not load: model requires more system memory;"),
+        (200, "", [], "cpu", "m is not in /api/ps after loading;"),
+    ],
+)
+def test_the_warm_up_refusal_names_what_went_wrong_and_the_fix(status, error, running, accelerator, expected):
+    refusal = ansible_filter("llm_ollama_warm_up_refusal")("m", status, error, running, accelerator)
+    assert refusal.startswith(expected)
+    assert (refusal == "") == (expected == "")
+    if refusal:
+        assert "fix: read journalctl -u ollama" in refusal

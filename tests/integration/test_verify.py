@@ -7,8 +7,10 @@ backends' answers are real (vLLM's CPU build and the tiny model).
 """
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +22,16 @@ ENGLISH_TEMPLATE = "{{ bos_token }}[INST] Hello, how can I help you? [/INST]"
 
 
 def verify(session_lab) -> dict:
-    command = [sys.executable, str(REPO / "scripts" / "verify.py"), "--inventory", str(session_lab.inventory)]
+    """scripts/verify.py exactly as the README shows it: the venv's Python, without the venv on PATH."""
+    command = [".venv/bin/python", "scripts/verify.py", "--inventory", str(session_lab.inventory)]
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(part for part in os.environ["PATH"].split(os.pathsep) if part != venv_bin)
     result = subprocess.run(
         [*command, "--hosts", HOST, "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env={**os.environ, "PATH": path},
         check=False,
     )
     assert result.stdout.startswith("{"), result.stderr[-2000:]

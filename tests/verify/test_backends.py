@@ -8,7 +8,9 @@ Parametrized over the backends; a backend that is not deployed on a host is skip
 import json
 import shlex
 
-from tests.verify.verify_helpers import vllm_api_key
+import pytest
+
+from tests.verify.verify_helpers import setting, vllm_api_key
 
 LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 HARDENING = {
@@ -87,18 +89,22 @@ def test_the_backend_lists_its_model(host, backend):
 
 
 def test_the_italian_smoke_test_passes(host, backend):
-    script = "/opt/llm-toolkit/bin/smoke_test.py"
-    if not host.file(script).exists:
-        import pytest  # noqa: PLC0415
-
-        pytest.skip("the smoke stage has not run on this host (no /opt/llm-toolkit/bin/smoke_test.py)")
-    key = vllm_api_key(host) if backend["backend"] == "vllm" else ""
-    command = (
-        f"SMOKE_API_KEY={shlex.quote(key)} /opt/llm-toolkit/venv/bin/python {script} --base-url "
-        f"{shlex.quote(backend['base_url'])} --api {backend['api']} --model {shlex.quote(backend['model'])} "
-        f"--json{' --api-key-env SMOKE_API_KEY' if key else ''}"
+    venv = setting(host, "llm_helper_venv")
+    if host.run(f"{venv}/bin/python -c 'import llm_toolkit.smoke_test'").rc != 0:
+        pytest.skip(f"the smoke stage has not run on this host (no llm_toolkit in {venv})")
+    # The key goes from vLLM's own root-only file to the test's standard input: never on a command line.
+    key_source = (
+        "sed -n 's/^VLLM_API_KEY=//p' /etc/vllm/vllm.env | "
+        if backend["auth"] and host.file("/etc/vllm/vllm.env").exists
+        else ""
     )
-    result = host.run(command)
+    command = (
+        f"{key_source}{venv}/bin/python -m llm_toolkit.smoke_test --base-url {shlex.quote(backend['base_url'])} "
+        f"--api {backend['api']} --model {shlex.quote(backend['model'])} --json"
+        f"{' --api-key-stdin' if key_source else ''}"
+    )
+    with host.sudo():
+        result = host.run(command)
     report = json.loads(result.stdout) if result.stdout.startswith("{") else {"error": result.stderr.strip()}
     failed = [f"{check['name']}: {check['detail']}" for check in report.get("checks", []) if not check["passed"]]
     assert result.rc == 0, (

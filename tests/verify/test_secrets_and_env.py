@@ -5,7 +5,7 @@ import io
 import pytest
 from dotenv import dotenv_values
 
-from tests.verify.verify_helpers import local_fact, vllm_api_key
+from tests.verify.verify_helpers import local_fact, setting, vllm_api_key
 
 SECRET_KEYS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
@@ -14,7 +14,7 @@ SECRET_KEYS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 def app_env(host) -> dict:
     fact = local_fact(host, "llm_app_env")
     if fact is None:
-        pytest.skip("no .env was written on this host (no /etc/ansible/facts.d/llm_app_env.fact)")
+        pytest.skip(f"no .env was written on this host (no {setting(host, 'llm_facts_dir')}/llm_app_env.fact)")
     return fact
 
 

@@ -6,6 +6,7 @@ Stand-in coverage: Ollama is the test-only stand-in (tests/standins/ollama); vLL
 backends' answers are real (vLLM's CPU build and the tiny model).
 """
 
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 from tests.integration.conftest import CANARY, REPO
 
@@ -60,12 +62,10 @@ def test_site_ends_with_the_smoke_test_and_a_green_verifier_summary(site, sessio
 
 
 def test_the_env_lists_vllm_first_then_ollama_and_reads_back(site, session_lab):
-    from dotenv import dotenv_values  # noqa: PLC0415
-
     host = session_lab.host(HOST)
     env = host.file(ENV_PATH)
     assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
-    values = dotenv_values(stream=__import__("io").StringIO(env.content_string))
+    values = dotenv_values(stream=io.StringIO(env.content_string))
     assert values["LLM_BACKEND"] == "vllm"
     assert values["LLM_FALLBACK"] == "ollama"
     assert values["VLLM_BASE_URL"] == "http://127.0.0.1:8000/v1"

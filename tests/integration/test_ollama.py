@@ -217,15 +217,25 @@ def test_a_long_pull_reports_its_progress_in_percent_and_bytes(
     # Every lab tag is the tiny model: drop its weights blob too, so that the pull downloads it again.
     weights = hashlib.sha256((tiny_model / "model.safetensors").read_bytes()).hexdigest()
     assert host.run(f"rm /var/lib/ollama/models/blobs/sha256-{weights}").rc == 0
-    depot_server.bytes_per_second = 1_000_000  # the 4.2 MB model now takes about 4 s
+    # The 4.2 MB model now takes about 28 s, polled every 0.01 s: hundreds of polls in one task,
+    # where the role's old loop (a task per poll, including itself again) died after about 250.
+    depot_server.bytes_per_second = 150_000
     try:
-        run = phase1(session_lab, depot_url, "-e", "ollama_pull_poll_interval=1", limit=CPU_HOST)
+        run = phase1(session_lab, depot_url, "-e", "ollama_pull_poll_interval=0.01", limit=CPU_HOST)
     finally:
         depot_server.bytes_per_second = 0
     assert run.returncode == 0, run.output[-3000:]
-    progress = r"gemma2:2b: \d+\.\d% \(\d+\.\d MB of 4\.2 MB\), pulling [0-9a-f]{12}"
-    assert re.search(progress, run.output), run.output[-3000:]
+    progress = r"\[itest3\] gemma2:2b: \d+\.\d% \(\d+\.\d MB of 4\.2 MB\), pulling [0-9a-f]{12}$"
+    lines = re.findall(progress, run.output, re.M)
+    assert lines, run.output[-3000:]
+    summary = re.search(r"^\[itest3\] gemma2:2b: done \(4\.2 MB\); (\d+) polls in (\d+\.\d) s$", run.output, re.M)
+    assert summary, run.output[-3000:]
+    polls, seconds = int(summary[1]), float(summary[2])
+    print(f"{polls} polls in {seconds} s: {1000 * seconds / polls:.1f} ms per poll over ssh, 10 ms pause included")
+    assert polls > 300
+    assert len(lines) < polls / 10  # a line only when the progress changed
     assert "gemma2:2b" in {model["name"] for model in api(host, "/api/tags")["models"]}
+    assert host.run("ls -A /root/.ansible_async").stdout.strip() == ""  # the job's results file was removed
 
 
 def test_a_gpu_host_whose_model_loads_on_the_cpu_fails_the_warm_up(converged, session_lab, depot_url):

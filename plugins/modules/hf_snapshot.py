@@ -11,8 +11,9 @@ description:
     needs into a staging directory beside O(dest), checks their sizes, and only then moves it into place;
     a failed download leaves the previous snapshot where it was.
   - Nothing is downloaded when O(dest) already holds that commit.
-  - The token is read from the environment variable C(HF_TOKEN) (set it with the task's C(environment) and
-    C(no_log)), never from a module argument or a command line.
+  - The token is the O(token) argument (declared C(no_log), so Ansible hides it; module arguments travel
+    inside the module's payload, never on a command line or in the process's environment), else the
+    environment variable C(HF_TOKEN) of the module's process.
   - HTTP 429 and 5xx answers and network errors are retried with backoff; 401, 403 and 404 fail at once with
     a message that tells them apart.
 options:
@@ -55,6 +56,10 @@ options:
     description: Free space to leave on the file system after the download.
     type: int
     default: 0
+  token:
+    description: Access token for gated or private repositories; empty, none.
+    type: str
+    default: ""
 author: LLM toolkit team
 """
 
@@ -64,8 +69,7 @@ EXAMPLES = r"""
     repo: casperhansen/mixtral-instruct-awq
     revision: 0123456789abcdef0123456789abcdef01234567
     dest: /var/lib/vllm/models/casperhansen--mixtral-instruct-awq
-  environment:
-    HF_TOKEN: "{{ vault_hf_token }}"
+    token: "{{ vault_hf_token }}"
   no_log: true
 """
 
@@ -115,7 +119,7 @@ class Hub:
     def __init__(self, module):
         self.module = module
         self.params = module.params
-        self.token = os.environ.get("HF_TOKEN", "")
+        self.token = module.params["token"] or os.environ.get("HF_TOKEN", "")
         self.retries = 0
 
     def _headers(self):
@@ -231,6 +235,7 @@ def main():
             "timeout": {"type": "int", "default": 60},
             "owner": {"type": "str"},
             "min_free_bytes": {"type": "int", "default": 0},
+            "token": {"type": "str", "default": "", "no_log": True},
         },
         supports_check_mode=True,
     )

@@ -114,13 +114,23 @@ def hub(tmp_path):
     server.server_close()
 
 
-def snapshot(hub, dest: Path, repo: str = "toolkit/tiny", revision: str | None = None, token: str = "", **extra):
+def snapshot(
+    hub,
+    dest: Path,
+    repo: str = "toolkit/tiny",
+    revision: str | None = None,
+    token: str = "",
+    env_token: str = "",
+    **extra,
+):
+    """The module through `ansible localhost`; the token as its argument (the roles' way) or in HF_TOKEN."""
     revision = revision or (hub.repos[repo].commit if repo in hub.repos else "a" * 40)
-    args = f"repo={repo} revision={revision} dest={dest} endpoint={hub.url} backoff=0"
-    args += "".join(f" {key}={value}" for key, value in extra.items())
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), HF_TOKEN=token)
+    args = {"repo": repo, "revision": revision, "dest": str(dest), "endpoint": hub.url, "backoff": 0, **extra}
+    if token:
+        args["token"] = token
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), HF_TOKEN=env_token)
     result = subprocess.run(
-        [ANSIBLE, "localhost", "-c", "local", "-m", "hf_snapshot", "-a", args, "-o"],
+        [ANSIBLE, "localhost", "-c", "local", "-m", "hf_snapshot", "-a", json.dumps(args), "-o"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -153,6 +163,12 @@ def test_a_gated_repo_needs_its_token_which_never_shows(hub, tmp_path):
     rc, result, _ = snapshot(hub, dest, repo="toolkit/gated", token="hf_wrong")
     assert "401 Unauthorized (the token was refused or lacks access)" in result["msg"]
     rc, result, output = snapshot(hub, dest, repo="toolkit/gated", token=TOKEN)
+    assert rc == 0, result
+    assert TOKEN not in output
+
+
+def test_the_token_can_come_from_the_environment_of_the_module(hub, tmp_path):
+    rc, result, output = snapshot(hub, tmp_path / "gated", repo="toolkit/gated", env_token=TOKEN)
     assert rc == 0, result
     assert TOKEN not in output
 

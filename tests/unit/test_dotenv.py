@@ -69,4 +69,3 @@ def test_the_filters_render_and_list_refusals_by_key():
     assert ansible_filter("llm_dotenv_errors")({"A": "ok", "B": "bad\nvalue"}) == [
         ".env value of B holds a newline, which python-dotenv cannot read back; fix: remove it"
     ]
-

@@ -15,8 +15,6 @@ import hashlib
 import json
 import re
 
-import pytest
-
 from tests.integration.conftest import NEW_OLLAMA as NEW
 from tests.integration.conftest import OLD_OLLAMA as OLD
 
@@ -46,18 +44,10 @@ def invocation(host) -> str:
     return host.run("systemctl show -p InvocationID --value ollama.service").stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def converged(session_lab, depot_url):
-    first = phase1(session_lab, depot_url)
-    assert first.returncode == 0, first.output[-4000:]
-    yield first
-    for name in (CPU_HOST, GPU_HOST):  # free the 2 cores for the tests after these
-        session_lab.host(name).run("systemctl stop ollama.service")
-
-
 def test_first_run_installs_pulls_and_warms_up(converged, session_lab):
+    """The main command's first run (the session's `make lab` on fresh hosts) installed phase 1."""
     for name in (CPU_HOST, GPU_HOST):
-        assert converged.recap[name]["changed"] > 0
+        assert converged.first.recap[name]["changed"] > 0
         host = session_lab.host(name)
         assert host.service("ollama.service").is_enabled
         assert host.service("ollama.service").is_running
@@ -65,7 +55,7 @@ def test_first_run_installs_pulls_and_warms_up(converged, session_lab):
         names = {model["name"] for model in api(host, "/api/tags")["models"]}
         assert {MIXTRAL, "gemma2:2b", "mixtral:latest"} <= names
         assert MIXTRAL in {model["name"] for model in api(host, "/api/ps")["models"]}
-    assert "pull | Read the result of the pull" in converged.output
+    assert "pull | Read the result of the pull" in converged.first.output
 
 
 def test_an_italian_chat_gets_an_italian_answer_from_the_model_and_its_alias(converged, session_lab):

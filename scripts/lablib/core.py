@@ -176,19 +176,8 @@ def plan_nodes(
     """
     validate_count(count)
     names = [node_name(lab, index) for index in range(1, count + 1)]
-    everyone = NO_GPU_PROFILE
-    per_host: dict[str, str] = {}
-    for arg in gpu_args:
-        host, sep, profile = arg.rpartition("=")
-        if profile not in known_profiles:
-            raise LabError(
-                f"GPU profile {profile!r} is unknown; expected one of: {', '.join(known_profiles)}; "
-                "fix: pass --gpu PROFILE or --gpu HOST=PROFILE"
-            )
-        if not sep:
-            everyone = profile
-        else:
-            per_host[_known_host(host, names, "--gpu")] = profile
+    everyone, per_host = parse_per_host(gpu_args, names, known_profiles, "--gpu", "GPU profile", "PROFILE")
+    everyone = everyone or NO_GPU_PROFILE
     groups = parse_groups(group_args, names)
     layer_everyone, layer_per_host = parse_layers(layer_args, names, known_layers)
     nodes = []
@@ -245,20 +234,26 @@ def parse_groups(group_args: list[str], names: list[str]) -> dict[str, tuple[str
 
 def parse_layers(layer_args: list[str], names: list[str], known_layers: list[str]) -> tuple[str | None, dict[str, str]]:
     """`--layer [HOST=]LAYER` arguments: the layer of every host (None: not given), and per host."""
-    choices = [NO_LAYER, *known_layers]
+    return parse_per_host(layer_args, names, [NO_LAYER, *known_layers], "--layer", "layer", "LAYER")
+
+
+def parse_per_host(
+    args: list[str], names: list[str], choices: list[str], option: str, what: str, metavar: str
+) -> tuple[str | None, dict[str, str]]:
+    """`OPTION [HOST=]VALUE` arguments: the value for every host (None: not given), and per host."""
     everyone: str | None = None
     per_host: dict[str, str] = {}
-    for arg in layer_args:
-        host, sep, layer = arg.rpartition("=")
-        if layer not in choices:
+    for arg in args:
+        host, sep, value = arg.rpartition("=")
+        if value not in choices:
             raise LabError(
-                f"layer {layer!r} is unknown; expected one of: {', '.join(choices)}; "
-                "fix: pass --layer LAYER or --layer HOST=LAYER"
+                f"{what} {value!r} is unknown; expected one of: {', '.join(choices)}; "
+                f"fix: pass {option} {metavar} or {option} HOST={metavar}"
             )
         if not sep:
-            everyone = layer
+            everyone = value
         else:
-            per_host[_known_host(host, names, "--layer")] = layer
+            per_host[_known_host(host, names, option)] = value
     return everyone, per_host
 
 

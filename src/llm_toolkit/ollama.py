@@ -11,11 +11,13 @@ def warm_up_refusal(model: str, status: int, error: str, running: list[dict], ac
     """
     if status != 200 or not running:
         what = f"did not load: {error}".rstrip(": ") if status != 200 else "is not in /api/ps after loading"
-    elif accelerator != "cpu" and int(running[0].get("size_vram") or 0) <= 0:
-        what = "loaded on the CPU (size_vram 0 in /api/ps)"
-    else:
-        return ""
-    return (
-        f"{model} {what}; expected it in GPU memory on a GPU host; fix: read journalctl -u ollama "
-        "(driver 550 or newer, /dev/nvidia* present), or set llm_accelerator: cpu"
-    )
+        return (
+            f"{model} {what}; expected Ollama to load it; fix: read journalctl -u ollama (on a GPU host: driver "
+            "550 or newer, /dev/nvidia* present)"
+        )
+    if accelerator != "cpu" and int(running[0].get("size_vram") or 0) <= 0:
+        return (
+            f"{model} loaded on the CPU (size_vram 0 in /api/ps); expected it in GPU memory on a GPU host; fix: read "
+            "journalctl -u ollama (driver 550 or newer, /dev/nvidia* present), or set llm_accelerator: cpu"
+        )
+    return ""

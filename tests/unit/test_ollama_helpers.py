@@ -168,8 +168,8 @@ def test_filter_progress_reads_the_progress_file_text():
         (200, "", [{"size_vram": 100}], "gpu", ""),
         (200, "", [{"size_vram": 0}], "cpu", ""),
         (200, "", [{"size_vram": 0}], "gpu", "m loaded on the CPU (size_vram 0 in /api/ps); expected it in GPU memory"),
-        (500, "model requires more system memory", [], "gpu", "m did not load: model requires more system memory;"),
-        (200, "", [], "cpu", "m is not in /api/ps after loading;"),
+        (500, "model requires more system memory", [], "gpu", "m did not load: model requires more system memory; ex"),
+        (200, "", [], "cpu", "m is not in /api/ps after loading; expected Ollama to load it"),
     ],
 )
 def test_the_warm_up_refusal_names_what_went_wrong_and_the_fix(status, error, running, accelerator, expected):

@@ -6,6 +6,7 @@
 {{ 'mixtral-8x7b-instruct' | llm_catalog_model }}      the catalog entry
 {{ 'models' | llm_catalog }}                           a whole catalog file: models, serving or gates
 {{ 'mixtral:8x7b-instruct-q4_K_M' | llm_ollama_tag }}  the real tag (warns when it maps)
+{{ '/models/tiny' | llm_tree_fingerprint }}             paths, sizes and times of a controller directory, hashed
 {{ host | llm_api_base(port) }}                        where the host reaches an API it binds (wildcard: loopback)
 {{ plan | llm_vllm_serve(settings) }}                 vllm.service's arguments and CPU core binding
 {{ plan | llm_plan_refusal(vllm_tensor_parallel_size) }}   why the planner refused, and the fix ("" when it planned)
@@ -26,7 +27,7 @@ from llm_toolkit.catalog import (
     resolve_ollama_tag,
 )
 from llm_toolkit.planner import PlanError, plan, plan_with_tensor_parallel, request_for_gpus
-from llm_toolkit.serving import api_base, context_refusal, plan_refusal, serve
+from llm_toolkit.serving import api_base, context_refusal, plan_refusal, serve, tree_fingerprint
 
 DOCUMENTATION = """
 name: llm_serving_filters
@@ -124,6 +125,7 @@ class FilterModule:
             "llm_ollama_tag": ollama_tag,
             "llm_vllm_serve": vllm_serve,
             "llm_api_base": api_base,
+            "llm_tree_fingerprint": tree_fingerprint,
             "llm_plan_refusal": lambda serving_plan, tensor_parallel=None: plan_refusal(
                 dict(serving_plan), tensor_parallel
             ),

@@ -8,7 +8,9 @@ role through the llm_vllm_serve filter.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 
 def cpu_threads_bind(ranks: int, cores: int) -> str:
@@ -97,3 +99,19 @@ def api_base(host: str, port: int) -> str:
     """Where the host itself reaches an API bound to host:port: a wildcard bind on loopback, IPv6 in brackets."""
     address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - matching the wildcard
     return f"http://{f'[{address}]' if ':' in address else address}:{int(port)}"
+
+
+def tree_fingerprint(path: str) -> str:
+    """A fingerprint of a directory on the controller: every file's relative path, size and mtime.
+
+    The vllm role copies a controller's model directory only when this changed since the last copy,
+    instead of checksumming tens of GB on every run. "" when the directory does not exist.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for file in sorted(item for item in root.rglob("*") if item.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

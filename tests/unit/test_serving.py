@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from llm_toolkit.serving import api_base, context_refusal, cpu_threads_bind, plan_refusal, serve
+from llm_toolkit.serving import api_base, context_refusal, cpu_threads_bind, plan_refusal, serve, tree_fingerprint
 from tests.ansible_plugins import ansible_filter
 
 SETTINGS = {
@@ -115,3 +115,16 @@ def test_the_filters_are_the_same_functions():
     assert ansible_filter("llm_vllm_serve")(GPU_PLAN, SETTINGS) == serve(SETTINGS, GPU_PLAN)
     assert ansible_filter("llm_plan_refusal")({"error": "x"}) == plan_refusal({"error": "x"}, None)
     assert ansible_filter("llm_context_refusal")(None, 512, "/m") == context_refusal("", 512, "/m")
+
+
+def test_a_directory_fingerprint_changes_with_a_file_and_not_otherwise(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "model.safetensors").write_bytes(b"x" * 10)
+    first = tree_fingerprint(str(tmp_path))
+    assert len(first) == 64
+    assert tree_fingerprint(str(tmp_path)) == first
+    (tmp_path / "sub" / "model.safetensors").write_bytes(b"x" * 11)
+    assert tree_fingerprint(str(tmp_path)) != first
+    assert tree_fingerprint(str(tmp_path / "missing")) == ""
+    assert ansible_filter("llm_tree_fingerprint")(str(tmp_path)) == tree_fingerprint(str(tmp_path))

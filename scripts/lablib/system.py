@@ -347,7 +347,9 @@ def wait_node(state_dir: Path, node: Node, key: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     state = "not reachable over ssh"
     while time.monotonic() < deadline:
-        if supervisor_pid(paths) is None:
+        # Right after its start, a supervisor's command line can still read empty (the kernel has not
+        # finished setting up the new program): only a supervisor missing twice in a row has exited.
+        if supervisor_pid(paths) is None and not _sleep_then(lambda: supervisor_pid(paths) is not None, 0.5):
             rc = paths.supervisor_rc.read_text().strip() if paths.supervisor_rc.exists() else "unknown"
             state = f"its supervisor exited (code {rc})"
             break
@@ -369,6 +371,11 @@ def wait_node(state_dir: Path, node: Node, key: Path, timeout: float) -> None:
         f"host {node.name} ({node.address}) did not come up: {state}; console: {tail or 'empty'}; "
         "fix: see the console log in the lab's state directory, then scripts/lab down && scripts/lab up"
     )
+
+
+def _sleep_then(check, seconds: float) -> bool:
+    time.sleep(seconds)
+    return check()
 
 
 def stop_node(state_dir: Path, node_name: str, timeout: float = 30, keep_upper: Path | None = None) -> None:

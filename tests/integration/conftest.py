@@ -194,7 +194,8 @@ class Converged:
 
     first: PlaybookRun
     second: PlaybookRun
-    check: PlaybookRun | None = None
+    check: PlaybookRun
+    depot: object  # the tests' depot server (depot.start_server), serving from here on
 
 
 @pytest.fixture(scope="session")
@@ -216,34 +217,39 @@ def session_lab():
     assert leftovers(SESSION_LAB) == []
 
 
+# The Ollama stand-in's depot (tests/standins/ollama) on the session lab's bridge: two releases of
+# the stand-in, so that upgrades can be tested, and a registry with the tiny model. It serves on the
+# port `make lab` serves its own depot on while it runs: the stand-in that make lab installed pulls
+# from that address, so the tests' depot takes it over once make lab is done.
+OLD_OLLAMA, NEW_OLLAMA = "0.32.15", "0.32.16"
+DEPOT_PORT = depot.DEFAULT_PORT
+
+
 @pytest.fixture(scope="session")
-def converged(session_lab, tiny_model, depot_url):
+def converged(session_lab, tiny_model):
     """The first `make lab` (it must pass), the second (it must change nothing, env and smoke included),
-    then site.yml in check mode; from here on every playbook run sees both backends (LAB_ENV)."""
+    then site.yml in check mode; from here on the tests' depot serves, and every playbook run sees both
+    backends and the depot (LAB_ENV)."""
     first = session_lab.first
     assert first.returncode == 0, first.output[-6000:]
     second = make_lab(session_lab.name)
-    LAB_ENV.update(LAB_MODEL_DIR=str(tiny_model), LAB_OLLAMA_DEPOT=depot_url)
-    check = session_lab.playbook("--check")
-    return Converged(first, second, check)
-
-
-# The Ollama stand-in's depot (tests/standins/ollama) on the session lab's bridge: two releases of
-# the stand-in, so that upgrades can be tested, and a registry with the tiny model.
-OLD_OLLAMA, NEW_OLLAMA = "0.32.15", "0.32.16"
-DEPOT_PORT = 8765
-
-
-@pytest.fixture(scope="session")
-def depot_server(session_lab, tiny_model):
     url = depot.lab_url(session_lab.name, DEPOT_PORT)
-    root = LAB_HOME / "depots" / f"{session_lab.name}-tests"  # make lab serves its own under the lab's name
+    root = LAB_HOME / "depots" / f"{session_lab.name}-tests"  # make lab builds its own under the lab's name
     depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
     server = depot.start_server(root, url)
     server.url = url
-    yield server
-    server.shutdown()
-    server.server_close()
+    LAB_ENV.update(LAB_MODEL_DIR=str(tiny_model), LAB_OLLAMA_DEPOT=url)
+    try:
+        check = session_lab.playbook("--check")
+        yield Converged(first, second, check, server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def depot_server(converged):
+    return converged.depot
 
 
 @pytest.fixture(scope="session")

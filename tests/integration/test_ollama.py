@@ -33,7 +33,9 @@ EOF"""
 
 
 def phase1(session_lab, depot_url, *args, limit=HOSTS):
-    return session_lab.playbook("--tags", "phase1", "--limit", limit, *args, env={"LAB_OLLAMA_DEPOT": depot_url})
+    """The ollama role alone (--tags ollama): its own input checks, not preflight's, which the main flow
+    runs, and which would refuse the stand-in's made-up new release on a GPU host (no gates for it)."""
+    return session_lab.playbook("--tags", "ollama", "--limit", limit, *args, env={"LAB_OLLAMA_DEPOT": depot_url})
 
 
 def api(host, path: str) -> dict:

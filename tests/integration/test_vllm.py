@@ -139,7 +139,7 @@ def test_a_public_bind_without_a_key_is_refused_before_anything_changes(converge
     before = invocation(host)
     env_before = host.file("/etc/vllm/vllm.env").sha256sum
     run = session_lab.playbook(
-        "--tags", "phase2", "--limit", HOST, "-e", "vllm_host=0.0.0.0", env={"LAB_MODEL_DIR": str(tiny_model)}
+        "--tags", "phase2", "--limit", HOST, "-e", "vllm_host=0.0.0.0", env={"LAB_VLLM_API_KEY": ""}
     )
     assert run.returncode != 0
     assert f"{HOST}: vllm_host=0.0.0.0 without vllm_api_key" in run.output

@@ -66,7 +66,7 @@ integration: deps venv wheel ## Integration tests: real playbooks on lab hosts
 	pytest tests/integration
 
 test: deps venv wheel lint ## Everything CI runs: lint, unit and integration tests
-	pytest tests/unit tests/integration
+	pytest --durations=25 tests/unit tests/integration
 
 constraints: ## Re-pin every package of the venv after changing requirements.txt
 	rm -rf $(VENV) && python3 -m venv $(VENV)

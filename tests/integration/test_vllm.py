@@ -187,6 +187,24 @@ def test_a_failing_start_stops_at_the_start_limit_and_reports_the_journal(conver
     assert chat(host, with_key=True) == ITALIAN
 
 
+def test_an_engine_that_exits_cleanly_is_restarted_and_serves_again(converged, session_lab):
+    """A clean exit (status 0) is a death too: vLLM's server can exit 0 when its engine dies, which
+    Restart=on-failure would leave down. SIGTERM makes the real server shut down and exit 0."""
+    host = session_lab.host(HOST)
+    since = int(time.time())
+    before = host.run("systemctl show -p MainPID -p NRestarts vllm.service").stdout
+    host.run("kill -TERM $(systemctl show -p MainPID --value vllm.service)")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and chat(host, with_key=True) != ITALIAN:
+        time.sleep(5)
+    journal = host.run(f"journalctl -u vllm.service --since @{since} -o cat --no-pager").stdout
+    assert "vllm.service: Deactivated successfully." in journal, journal[-2000:]  # it exited 0
+    assert "Scheduled restart job" in journal, journal[-2000:]
+    after = host.run("systemctl show -p MainPID -p NRestarts vllm.service").stdout
+    assert after != before
+    assert chat(host, with_key=True) == ITALIAN
+
+
 @pytest.fixture(scope="module")
 def hub(session_lab, tiny_model):
     """The Hugging Face Hub stand-in on the lab bridge, serving the tiny model as a gated repository."""

@@ -9,8 +9,8 @@ import os
 
 try:  # inside a module on the host (Ansiballz ships llm_gpu along)
     from ansible.module_utils.llm_gpu import HostFiles, process_identity, process_unit
-except ImportError:  # imported directly: unit tests, the controller
-    from llm_gpu import HostFiles, process_identity, process_unit
+except ImportError:  # imported as llm_toolkit.host.llm_host: unit tests, the controller
+    from llm_toolkit.host.llm_gpu import HostFiles, process_identity, process_unit
 
 TCP_LISTEN = "0A"
 
@@ -44,11 +44,7 @@ def socket_owners(files: HostFiles, inodes: list[str]) -> list[int]:
         if not pid.isdigit():
             continue
         for fd in files.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target in wanted:
+            if files.link(f"/proc/{pid}/fd/{fd}") in wanted:
                 owners.append(int(pid))
                 break
     return owners

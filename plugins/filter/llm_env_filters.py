@@ -4,17 +4,27 @@
 {{ {'LLM_BACKEND': 'vllm'} | llm_dotenv_errors }}                         refusals, naming keys only
 {{ records | llm_ready_backends(probe_results, preference) }}             the records that answered with their model
 {{ ready | llm_app_env_pairs(vllm_api_key, timeout_s, extra) }}           the app's settings
+{{ 'VLLM_API_KEY' | llm_systemd_env(key) }}                                one line of a systemd EnvironmentFile=
+{{ {'VLLM_API_KEY': key} | llm_systemd_env_errors }}                       refusals, naming keys only
 """
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from llm_toolkit.envfile import DotenvError, app_env_pairs, encode_value, ready_backends, render
+from llm_toolkit.envfile import (
+    DotenvError,
+    app_env_pairs,
+    encode_value,
+    ready_backends,
+    render,
+    systemd_errors,
+    systemd_line,
+)
 
 DOCUMENTATION = """
 name: llm_env_filters
-short_description: python-dotenv encoding of the app's .env
+short_description: python-dotenv encoding of the app's .env, systemd's EnvironmentFile= encoding
 """
 
 
@@ -48,6 +58,13 @@ def pairs(ready_records, vllm_api_key, timeout_s, extra=None):
         raise AnsibleFilterError(str(error)) from None
 
 
+def systemd_env(key, value):
+    try:
+        return systemd_line(str(key), value)
+    except DotenvError as error:
+        raise AnsibleFilterError(str(error)) from None
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -55,4 +72,6 @@ class FilterModule:
             "llm_dotenv_errors": dotenv_errors,
             "llm_ready_backends": ready,
             "llm_app_env_pairs": pairs,
+            "llm_systemd_env": systemd_env,
+            "llm_systemd_env_errors": lambda pairs: systemd_errors(dict(pairs)),
         }

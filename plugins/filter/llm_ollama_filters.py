@@ -8,6 +8,7 @@
 {{ 'mixtral' | llm_ollama_manifest_path }}                 registry.ollama.ai/library/mixtral/latest
 {{ 3100000 | llm_ollama_bytes }}                           3.1 MB
 {{ model | llm_ollama_warm_up_refusal(status, error, running, accelerator) }}  why the warm-up failed, or ""
+{{ ollama_extra_environment | llm_ollama_owned_keys }}    one line per key the role owns (OLLAMA_HOST, ...): []
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from llm_toolkit.host.llm_ollama import describe_progress, human_bytes, manifest_path, model_digests, normalize_name
 
 from llm_toolkit.catalog import load_models, ollama_entry
-from llm_toolkit.ollama import warm_up_refusal
+from llm_toolkit.ollama import owned_key_refusals, warm_up_refusal
 
 DOCUMENTATION = """
 name: llm_ollama_filters
@@ -76,4 +77,5 @@ class FilterModule:
             "llm_ollama_manifest_path": manifest,
             "llm_ollama_bytes": bytes_text,
             "llm_ollama_warm_up_refusal": warm_up,
+            "llm_ollama_owned_keys": owned_key_refusals,
         }

@@ -11,6 +11,7 @@
 {{ plan | llm_vllm_serve(settings) }}                 vllm.service's arguments and CPU core binding
 {{ plan | llm_plan_refusal(vllm_tensor_parallel_size) }}   why the planner refused, and the fix ("" when it planned)
 {{ config_text | llm_context_refusal(max_model_len, dir) }} why max_model_len does not fit the model ("" when it does)
+{{ vllm_extra_args | llm_vllm_owned_flags }}             one line per flag the role owns (--host, --port, ...): []
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from llm_toolkit.catalog import (
     resolve_ollama_tag,
 )
 from llm_toolkit.planner import PlanError, plan, plan_with_tensor_parallel, request_for_gpus
-from llm_toolkit.serving import api_base, context_refusal, plan_refusal, serve, tree_fingerprint
+from llm_toolkit.serving import (
+    api_base,
+    context_refusal,
+    owned_flag_refusals,
+    plan_refusal,
+    serve,
+    tree_fingerprint,
+)
 
 DOCUMENTATION = """
 name: llm_serving_filters
@@ -126,6 +134,7 @@ class FilterModule:
             "llm_vllm_serve": vllm_serve,
             "llm_api_base": api_base,
             "llm_tree_fingerprint": tree_fingerprint,
+            "llm_vllm_owned_flags": owned_flag_refusals,
             "llm_plan_refusal": lambda serving_plan, tensor_parallel=None: plan_refusal(
                 dict(serving_plan), tensor_parallel
             ),

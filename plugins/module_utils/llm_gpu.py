@@ -7,6 +7,7 @@ module, and imported directly by the unit tests, which feed it real outputs.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 
 GPU_QUERY_FIELDS = [
@@ -190,7 +191,7 @@ def classify_failure(output: str, returncode: int) -> tuple[str, str]:
 
 
 class HostFiles:
-    """Read access to the host's files; tests pass a stand-in with the same three methods."""
+    """Read access to the host's files; tests pass a stand-in with the same four methods."""
 
     def text(self, path: str) -> str | None:
         try:
@@ -211,6 +212,12 @@ class HostFiles:
             return sorted(os.listdir(path))
         except OSError:
             return []
+
+    def link(self, path: str) -> str | None:
+        try:
+            return os.readlink(path)
+        except OSError:
+            return None
 
 
 def collect(run, files: HostFiles, nvidia_smi: str | None, nvcc: str | None = None) -> dict:
@@ -263,7 +270,7 @@ def collect(run, files: HostFiles, nvidia_smi: str | None, nvcc: str | None = No
     )
     if rc == 0:
         facts["compute_apps"] = [
-            dict(app, command=process_command(files, app["pid"]), unit=process_unit(files, app["pid"]))
+            dict(app, **process_identity(files, app["pid"]), unit=process_unit(files, app["pid"]))
             for app in parse_compute_apps(out)
         ]
     return facts
@@ -293,9 +300,24 @@ def nvidia_pci_devices(files: HostFiles) -> list[str]:
     return found
 
 
-def process_command(files: HostFiles, pid: int | None) -> str | None:
-    cmdline = files.text(f"/proc/{pid}/cmdline") if pid is not None else None
-    return cmdline.replace("\0", " ").strip() if cmdline else None
+def process_identity(files: HostFiles, pid: int | None) -> dict:
+    """PID, user and executable of a process: never its arguments, which may hold another user's secrets.
+
+    executable: the program's path (/proc/PID/exe) where it can be read, else its kernel name
+    (/proc/PID/comm); user: the name of its real UID (the number when it has none).
+    """
+    if pid is None:
+        return {"pid": None, "user": None, "executable": None}
+    executable = files.link(f"/proc/{pid}/exe") or (files.text(f"/proc/{pid}/comm") or "").strip() or None
+    user = None
+    for line in (files.text(f"/proc/{pid}/status") or "").splitlines():
+        if line.startswith("Uid:") and len(line.split()) > 1:
+            uid = int(line.split()[1])
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                user = str(uid)
+    return {"pid": pid, "user": user, "executable": executable}
 
 
 def process_unit(files: HostFiles, pid: int | None) -> str | None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 try:  # inside a module on the host (Ansiballz ships llm_gpu along)
-    from ansible.module_utils.llm_gpu import HostFiles, process_command, process_unit
-except ImportError:  # imported directly: unit tests, the controller
-    from llm_gpu import HostFiles, process_command, process_unit
+    from ansible.module_utils.llm_gpu import HostFiles, process_identity, process_unit
+except ImportError:  # imported as llm_toolkit.host.llm_host: unit tests, the controller
+    from llm_toolkit.host.llm_gpu import HostFiles, process_identity, process_unit
 
 TCP_LISTEN = "0A"
 
@@ -44,18 +44,15 @@ def socket_owners(files: HostFiles, inodes: list[str]) -> list[int]:
         if not pid.isdigit():
             continue
         for fd in files.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target in wanted:
+            if files.link(f"/proc/{pid}/fd/{fd}") in wanted:
                 owners.append(int(pid))
                 break
     return owners
 
 
 def port_listeners(files: HostFiles, port: int) -> list[dict]:
-    """Processes listening on a TCP port, each with its command line and systemd unit."""
+    """Processes listening on a TCP port, each with its PID, user, executable and systemd unit (never its
+    arguments: a foreign process's command line can hold its owner's secrets, and reports are kept)."""
     inodes = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         inodes += listening_inodes(files.text(table) or "", port)
@@ -63,5 +60,5 @@ def port_listeners(files: HostFiles, port: int) -> list[dict]:
         return []
     owners = socket_owners(files, inodes)
     if not owners:
-        return [{"pid": None, "command": None, "unit": None}]
-    return [{"pid": pid, "command": process_command(files, pid), "unit": process_unit(files, pid)} for pid in owners]
+        return [{"pid": None, "user": None, "executable": None, "unit": None}]
+    return [dict(process_identity(files, pid), unit=process_unit(files, pid)) for pid in owners]

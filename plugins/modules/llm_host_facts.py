@@ -15,7 +15,7 @@ options:
     elements: path
     default: []
   ports:
-    description: TCP ports whose listeners are reported with PID, command line and systemd unit.
+    description: TCP ports whose listeners are reported with PID, user, executable and systemd unit (never arguments).
     type: list
     elements: int
     default: []

@@ -1,10 +1,19 @@
-"""Encode a .env file for one declared consumer: python-dotenv (dotenv_values / load_dotenv, defaults).
+"""Encode environment files for their declared consumers: python-dotenv for the app's .env, and
+systemd's EnvironmentFile= parser for the services' files (vllm.env).
+
+The app's .env (python-dotenv, dotenv_values / load_dotenv, defaults):
 
 Every value is written single-quoted, with backslashes and single quotes escaped (the two escapes
 python-dotenv decodes inside single quotes), so quotes, `$`, `#`, spaces and any unicode come back
 unchanged. What python-dotenv cannot give back is refused, naming the key and never the value:
 a newline, a carriage return or NUL, and `${` (python-dotenv expands ${NAME} even in quotes, and
 has no escape for it).
+
+systemd's EnvironmentFile= (systemd_line): a value of only safe characters is written bare (so the
+file stays readable and grep-able); any other value is double-quoted, with backslash, double quote,
+`$` and backtick escaped (the four characters systemd unescapes inside double quotes). `%` needs no
+escape there: EnvironmentFile= is not subject to unit specifiers. systemd refuses, or would cut, a
+newline, a carriage return, NUL and other control characters: refused here by key, never by value.
 """
 
 from __future__ import annotations
@@ -20,15 +29,18 @@ class DotenvError(ValueError):
     """A key or value the consumer could not read back; the message never holds the value."""
 
 
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def encode_value(key: str, value: object) -> str:
     if not isinstance(key, str) or not KEY.match(key):
         raise DotenvError(f".env key {key!r} is not a valid name; expected letters, digits and _, not first a digit")
-    if value is None:
-        text = ""
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    else:
-        text = str(value)
+    text = _text(value)
     for bad, what in (("\n", "a newline"), ("\r", "a carriage return"), ("\x00", "a NUL byte")):
         if bad in text:
             raise DotenvError(f".env value of {key} holds {what}, which python-dotenv cannot read back; fix: remove it")
@@ -37,6 +49,62 @@ def encode_value(key: str, value: object) -> str:
             f".env value of {key} holds '${{', which python-dotenv would expand as a variable; fix: remove it"
         )
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# Bare in an EnvironmentFile=: nothing systemd's parser treats specially (quotes, backslash, spaces, '#').
+SYSTEMD_BARE = re.compile(r"^[A-Za-z0-9_.,:/@+=%-]+$")
+SYSTEMD_ESCAPED = {"\\": "\\\\", '"': '\\"', "$": "\\$", "`": "\\`"}
+
+
+def encode_systemd_value(key: str, value: object) -> str:
+    """One value for systemd's EnvironmentFile= parser, read back byte for byte; DotenvError names the key."""
+    if not isinstance(key, str) or not KEY.match(key):
+        raise DotenvError(f"environment key {key!r} is not a valid name; expected letters, digits and _")
+    text = _text(value)
+    for char in text:
+        if char == "\t":
+            continue
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            what = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}.get(char, "a control character")
+            raise DotenvError(
+                f"value of {key} holds {what}, which systemd's EnvironmentFile= cannot carry; fix: remove it"
+            )
+    if SYSTEMD_BARE.match(text):
+        return text
+    return '"' + "".join(SYSTEMD_ESCAPED.get(char, char) for char in text) + '"'
+
+
+def systemd_line(key: str, value: object) -> str:
+    return f"{key}={encode_systemd_value(key, value)}"
+
+
+def systemd_errors(pairs: dict) -> list[str]:
+    """Why each of these values cannot go into an EnvironmentFile= (messages name keys, never values)."""
+    errors = []
+    for key, value in pairs.items():
+        try:
+            encode_systemd_value(key, value)
+        except DotenvError as error:
+            errors.append(str(error))
+    return errors
+
+
+def decode_systemd_value(encoded: str) -> str:
+    """The value systemd reads from what systemd_line wrote after KEY= (for readers of such files)."""
+    if not encoded.startswith('"'):
+        return encoded.strip()
+    out, escaped = [], False
+    for char in encoded[1:]:
+        if escaped:
+            out.append(char if char in SYSTEMD_ESCAPED else "\\" + char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            break
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def encode_line(key: str, value: object) -> str:

@@ -64,6 +64,12 @@ class Report:
         }
 
 
+def process_label(entry: dict) -> str:
+    """A foreign process as reports show it: executable and user, never its arguments (they may hold secrets)."""
+    executable = entry.get("executable") or entry.get("process_name") or "unknown"
+    return f"{executable}, user {entry['user']}" if entry.get("user") else executable
+
+
 def max_cuda_for_driver(driver: str | None, table: dict) -> str | None:
     """The newest CUDA version in the table that this driver supports."""
     best = None
@@ -169,7 +175,7 @@ def _disk_and_port_checks(report: Report, probes: dict, settings: dict, models: 
         port, unit = port_setting["port"], port_setting["unit"]
         listeners = probes.get("ports", {}).get(str(port), [])
         foreign = [entry for entry in listeners if entry.get("unit") != unit]
-        holders = ", ".join(f"PID {entry['pid']} ({entry['command'] or 'unknown'})" for entry in foreign)
+        holders = ", ".join(f"PID {entry['pid']} ({process_label(entry)})" for entry in foreign)
         report.add(
             f"port {port}",
             [phase],
@@ -257,8 +263,7 @@ def _gpu_checks(report: Report, gpu: dict, settings: dict, gates: dict, models: 
     )
     foreign = [app for app in gpu.get("compute_apps", []) if app.get("unit") not in gates["own_units"]]
     holders = "; ".join(
-        f"PID {app['pid']} ({app.get('command') or app['process_name']}) holds {app['used_memory_mib']} MiB"
-        for app in foreign
+        f"PID {app['pid']} ({process_label(app)}) holds {app['used_memory_mib']} MiB" for app in foreign
     )
     report.add(
         "GPU memory held by other processes",

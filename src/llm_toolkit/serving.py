@@ -22,6 +22,62 @@ def cpu_threads_bind(ranks: int, cores: int) -> str:
     return "|".join(str(first) if first == last else f"{first}-{last}" for first, last in spans)
 
 
+# The `vllm serve` flags the role sets (or must never be set around it), each with the variable that
+# sets it instead. vllm_extra_args may not hold them: a second `--host 0.0.0.0` after the role's checked
+# one would win (argparse keeps the last), and a config file (--config) could set any of them.
+OWNED_VLLM_FLAGS = {
+    "--host": "vllm_host",
+    "--port": "vllm_port",
+    "--api-key": "vllm_api_key (it reaches vLLM through its root-only environment file)",
+    "--model": "vllm_model_dir / vllm_hf_repo",
+    "--served-model-name": "vllm_served_model_name",
+    "--max-model-len": "vllm_max_model_len",
+    "--max-num-seqs": "vllm_max_num_seqs",
+    "--tensor-parallel-size": "vllm_tensor_parallel_size",
+    "-tp": "vllm_tensor_parallel_size",
+    "--gpu-memory-utilization": "vllm_gpu_memory_utilization",
+    "--dtype": "vllm_dtype",
+    "--quantization": "llm_vllm_format (the planner names the kernel)",
+    "-q": "llm_vllm_format (the planner names the kernel)",
+    "--kv-cache-dtype": "vllm_concurrency / vllm_max_model_len (the planner chooses it)",
+    "--kv-cache-memory-bytes": "vllm_cpu_kv_cache_bytes",
+    "--enforce-eager": "vllm_enforce_eager",
+    "--enable-prefix-caching": "nothing (the role always enables it)",
+    "--config": "the role's variables (a config file could set any flag the role owns)",
+}
+
+
+def owned_flag_refusals(extra_args: object, variable: str = "vllm_extra_args") -> list[str]:
+    """One line per flag in extra_args that the role owns: the flag and the variable to set instead.
+
+    Catches `--flag value`, `--flag=value`, underscores for dashes (vLLM accepts both) and prefixes
+    of an owned flag (argparse accepts unambiguous abbreviations such as `--ho`).
+    """
+    if extra_args is None:
+        return []
+    if isinstance(extra_args, (str, bytes)) or not isinstance(extra_args, (list, tuple)):
+        return [f"{variable} is {type(extra_args).__name__}; expected a list of strings such as ['--seed', '7']"]
+    refusals = []
+    for arg in extra_args:
+        text = str(arg).strip()
+        if not text.startswith("-") or text == "-" or text.lstrip("-").replace(".", "", 1).isdigit():
+            continue
+        name = text.split("=", 1)[0]
+        dashes = len(name) - len(name.lstrip("-"))
+        name = "-" * dashes + name[dashes:].replace("_", "-").lower()
+        owned = [
+            flag
+            for flag in OWNED_VLLM_FLAGS
+            if flag == name or (dashes == 2 and len(name) > 3 and flag.startswith(name))
+        ]
+        for flag in owned:
+            refusals.append(
+                f"{variable} has {name} ({'a prefix of ' + flag if flag != name else 'set by the role'}); "
+                f"expected only flags the role does not own; fix: set {OWNED_VLLM_FLAGS[flag]} instead"
+            )
+    return refusals
+
+
 def serve(settings: dict, plan: dict) -> dict:
     """{args, tensor_parallel_size, cpu_tp, cpu_threads_bind} for vllm.service.
 
@@ -46,6 +102,9 @@ def serve(settings: dict, plan: dict) -> dict:
         args += ["--tensor-parallel-size", str(tensor_parallel)]
     if not cpu:
         args += [str(arg) for arg in plan.get("vllm_args") or []]
+    refused = owned_flag_refusals(settings.get("extra_args"))
+    if refused:
+        raise ValueError("; ".join(refused))
     args += [str(arg) for arg in settings.get("extra_args") or []]
     return {
         "args": args,

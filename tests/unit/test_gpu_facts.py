@@ -1,5 +1,6 @@
 """GPU facts (plugins/module_utils/llm_gpu.py) on real nvidia-smi outputs and on the lab's stand-in."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,10 @@ def fixture(name: str) -> str:
 class FakeFiles:
     """The host's files as a dict: path -> text (or bytes), directory -> list of names."""
 
-    def __init__(self, files=None, dirs=None):
+    def __init__(self, files=None, dirs=None, links=None):
         self.files = files or {}
         self.dirs = dirs or {}
+        self.links = links or {}
 
     def text(self, path):
         value = self.files.get(path)
@@ -45,6 +47,9 @@ class FakeFiles:
 
     def listdir(self, path):
         return self.dirs.get(path, [])
+
+    def link(self, path):
+        return self.links.get(path)
 
 
 def stand_in(profile: str):
@@ -202,12 +207,14 @@ def test_collect_without_nvidia_smi_reads_the_kernel_and_pci_bus():
     assert facts["secure_boot"] is True
 
 
-def test_processes_holding_gpu_memory_get_their_command_and_unit():
+def test_processes_holding_gpu_memory_get_user_executable_and_unit_but_never_their_arguments():
     files = FakeFiles(
         files={
-            "/proc/4242/cmdline": "python3\0train.py\0",
+            "/proc/4242/cmdline": "python3\0train.py\0--token\0other-users-secret\0",
+            "/proc/4242/status": "Name:\tpython3\nUid:\t0\t0\t0\t0\n",
             "/proc/4242/cgroup": "0::/system.slice/trainer.service\n",
-        }
+        },
+        links={"/proc/4242/exe": "/usr/bin/python3.11"},
     )
     facts = collect(stand_in("1x-L4-24GB-busy"), files, "/usr/bin/nvidia-smi")
     assert facts["compute_apps"] == [
@@ -216,8 +223,10 @@ def test_processes_holding_gpu_memory_get_their_command_and_unit():
             "process_name": "/usr/bin/python3",
             "used_memory_mib": 8192,
             "gpu_uuid": facts["gpus"][0]["uuid"],
-            "command": "python3 train.py",
+            "user": "root",
+            "executable": "/usr/bin/python3.11",
             "unit": "trainer.service",
         }
     ]
+    assert "other-users-secret" not in json.dumps(facts)
     assert facts["gpus"][0]["memory_used_mib"] == 8192

@@ -233,12 +233,12 @@ def test_ports_must_be_free_or_held_by_our_own_unit():
     held = {
         **PROBES,
         "ports": {
-            "11434": [{"pid": 99, "command": "nc -l 11434", "unit": "session-1.scope"}],
-            "8000": [{"pid": 7, "command": "vllm serve", "unit": "vllm.service"}],
+            "11434": [{"pid": 99, "user": "alice", "executable": "/usr/bin/nc", "unit": "session-1.scope"}],
+            "8000": [{"pid": 7, "user": "vllm", "executable": "/opt/vllm/venv/bin/python3", "unit": "vllm.service"}],
         },
     }
     result = report(probes=held)
-    assert check(result, "port 11434")["measured"] == "held by PID 99 (nc -l 11434)"
+    assert check(result, "port 11434")["measured"] == "held by PID 99 (/usr/bin/nc, user alice)"
     assert not check(result, "port 11434")["ok"]
     assert check(result, "port 8000")["ok"]
 

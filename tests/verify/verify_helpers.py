@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from llm_toolkit.backends import validate
+from llm_toolkit.envfile import decode_systemd_value
 
 REPO = Path(__file__).resolve().parents[2]
 # The settings every role shares (roles/llm_defaults), before the inventory overrides them.
@@ -38,5 +39,5 @@ def vllm_api_key(host) -> str:
         text = env.content_string if env.exists else ""
     for line in text.splitlines():
         if line.startswith("VLLM_API_KEY="):
-            return line.split("=", 1)[1].strip()
+            return decode_systemd_value(line.split("=", 1)[1])
     return ""

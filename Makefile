@@ -23,9 +23,11 @@ deps: ## Install the host packages the lab and the venv need (apt, as root)
 
 venv: $(VENV)/.installed ## Create the pinned controller toolchain in .venv
 
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+# requirements.lock: every pin of requirements.txt and constraints.txt with the sha256 of its files
+# (scripts/lock_host_venv.py controller); pip refuses any file whose hash is not in it.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --editable .
 	touch $@
 
@@ -68,9 +70,11 @@ integration: deps venv wheel ## Integration tests: real playbooks on lab hosts
 test: deps venv wheel lint ## Everything CI runs: lint, unit and integration tests
 	pytest --durations=25 tests/unit tests/integration
 
-constraints: ## Re-pin every package of the venv after changing requirements.txt
+constraints: ## Re-pin every package of the venv after changing requirements.txt, and re-lock it
 	rm -rf $(VENV) && python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	{ echo '# Every package of the controller venv at an exact version (make constraints rewrites it).'; \
 	  $(VENV)/bin/pip freeze --exclude-editable; } > constraints.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation --editable .
+	$(VENV)/bin/python scripts/lock_host_venv.py controller helper
 	touch $(VENV)/.installed

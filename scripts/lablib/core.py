@@ -408,6 +408,8 @@ def render_inventory(spec: LabSpec, private_key: Path) -> str:
         "    ansible_user: ansible",
         "    ansible_become: true",
         f"    ansible_ssh_private_key_file: {private_key}",
+        # Lab hosts get new host keys at every boot: only the lab skips host key checks (ansible.cfg keeps them).
+        "    ansible_host_key_checking: false",
         "    ansible_ssh_common_args: >-",
         "      -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
         "  children:",

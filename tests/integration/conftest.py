@@ -235,10 +235,10 @@ def converged(session_lab, tiny_model):
     second = make_lab(session_lab.name)
     url = depot.lab_url(session_lab.name, DEPOT_PORT)
     root = LAB_HOME / "depots" / f"{session_lab.name}-tests"  # make lab builds its own under the lab's name
-    depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
+    sums = depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
     server = depot.start_server(root, url)
     server.url = url
-    LAB_ENV.update(LAB_MODEL_DIR=str(tiny_model), LAB_OLLAMA_DEPOT=url)
+    LAB_ENV.update(LAB_MODEL_DIR=str(tiny_model), LAB_OLLAMA_DEPOT=url, **depot.sha256_env(sums))
     try:
         check = session_lab.playbook("--check")
         yield Converged(first, second, check, server)

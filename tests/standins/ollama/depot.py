@@ -224,17 +224,26 @@ def serve(root: Path, url: str, command: list[str]) -> int:
         httpd.server_close()
 
 
-def build_lab_depot(root: Path, url: str, versions: list[str]) -> None:
-    """A depot for a lab: the stand-in releases asked for and the tiny model under the catalog's tags."""
+def build_lab_depot(root: Path, url: str, versions: list[str]) -> dict[str, str]:
+    """A depot for a lab: the stand-in releases asked for and the tiny model under the catalog's tags.
+
+    Returns the sha256 of each release's archive by version: the lab's inventory passes it to the
+    role as ollama_archive_sha256 (LAB_OLLAMA_SHA256S, see sha256_env), as a site pins a release
+    the role's catalog does not know."""
     from tests.models.tiny_model_cache import tiny_mixtral  # noqa: PLC0415 - only when building
     from tests.standins.ollama.runner_cache import runner_venv  # noqa: PLC0415
 
     venv, model = runner_venv(), tiny_mixtral()
     shutil.rmtree(root, ignore_errors=True)
-    for version in versions:
-        write_release(root, version, url, str(venv))
+    sums = {version: sha256_file(write_release(root, version, url, str(venv))) for version in versions}
     for tag, family in LAB_TAGS.items():
         write_model(root, tag, model, family)
+    return sums
+
+
+def sha256_env(sums: dict[str, str]) -> dict[str, str]:
+    """The environment that tells the lab's inventory the sha256 of each stand-in release."""
+    return {"LAB_OLLAMA_SHA256S": json.dumps(sums, sort_keys=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "lab":
         address = lab_url(args.lab, args.port)
         root = args.root or Path(os.environ.get("LAB_HOME", "/var/cache/llm-lab")) / "depots" / args.lab
-        build_lab_depot(root, address, args.version or ["0.32.15"])
-        os.environ["LAB_OLLAMA_DEPOT"] = address
+        sums = build_lab_depot(root, address, args.version or ["0.32.15"])
+        os.environ.update(LAB_OLLAMA_DEPOT=address, **sha256_env(sums))
         return serve(root, address, command)
     if args.action == "serve":
         return serve(args.root, args.url, command)

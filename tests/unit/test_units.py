@@ -11,7 +11,9 @@ where the programs the units start exist as stubs at exactly the paths the roles
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import yaml
 
 from llm_toolkit.serving import systemd_command
 from tests.ansible_plugins import run_test_playbook as run_playbook
+from tests.verify import test_gpu as gpu_verifiers
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -258,3 +261,47 @@ def test_gpu_units_start_after_the_driver(rendered, name):
     after = unit(rendered, "gpu", name)["After"][0].split()
     assert {"systemd-modules-load.service", "nvidia-persistenced.service"} <= set(after)
     assert "nvidia-persistenced.service" not in unit(rendered, "cpu", name)["After"][0].split()
+
+
+class SimulatedHost:
+    """The parts of a testinfra host the driver-hold verifier uses; apt-config is this machine's own,
+    reading `apt_config` (a rendered drop-in) as APT_CONFIG."""
+
+    def __init__(self, variables: dict, apt_config: Path):
+        self.variables, self.apt_config = variables, apt_config
+        self.ansible = self
+
+    def get_variables(self) -> dict:
+        return self.variables
+
+    def run(self, command: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "APT_CONFIG": str(self.apt_config)}
+        result = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, check=False)
+        result.rc = result.returncode
+        return result
+
+
+needs_apt_config = pytest.mark.skipif(shutil.which("apt-config") is None, reason="apt-config is not installed")
+
+
+# Row 24 (the driver-hold part): the drop-in llm_base renders holds the driver, and the verifier says so.
+@needs_apt_config
+def test_the_driver_hold_verifier_passes_on_the_rendered_drop_in_and_fails_without_it(rendered, tmp_path):
+    check = gpu_verifiers.test_unattended_upgrades_leave_the_nvidia_driver_alone
+    drop_in = rendered["gpu"] / "nvidia-hold.conf"
+    check(SimulatedHost({"llm_accelerator": "gpu"}, drop_in))
+    partial = tmp_path / "partial.conf"
+    partial.write_text(drop_in.read_text().replace('"libnvidia-";', ""))
+    with pytest.raises(AssertionError, match=r"lacks \['libnvidia-'\]"):
+        check(SimulatedHost({"llm_accelerator": "gpu"}, partial))
+    with pytest.raises(AssertionError, match="lacks"):
+        check(SimulatedHost({"llm_accelerator": "gpu"}, Path("/dev/null")))
+    with pytest.raises(pytest.skip.Exception):
+        check(SimulatedHost({"llm_accelerator": "cpu"}, Path("/dev/null")))
+
+
+def test_the_driver_hold_lists_the_driver_cuda_and_their_libraries(rendered):
+    text = (rendered["gpu"] / "nvidia-hold.conf").read_text()
+    assert "Unattended-Upgrade::Package-Blacklist {" in text
+    for pattern in ("nvidia-", "libnvidia-", "cuda-"):
+        assert f'    "{pattern}";' in text

@@ -9,6 +9,7 @@
 {{ '/models/tiny' | llm_tree_fingerprint }}             paths, sizes and times of a controller directory, hashed
 {{ host | llm_api_base(port) }}                        where the host reaches an API it binds (wildcard: loopback)
 {{ plan | llm_vllm_serve(settings) }}                 vllm.service's arguments and CPU core binding
+{{ [program, arg, ...] | llm_systemd_command }}        a unit's command line that passes exactly these words
 {{ plan | llm_plan_refusal(vllm_tensor_parallel_size) }}   why the planner refused, and the fix ("" when it planned)
 {{ config_text | llm_context_refusal(max_model_len, dir) }} why max_model_len does not fit the model ("" when it does)
 {{ vllm_extra_args | llm_vllm_owned_flags }}             one line per flag the role owns (--host, --port, ...): []
@@ -34,6 +35,7 @@ from llm_toolkit.serving import (
     owned_flag_refusals,
     plan_refusal,
     serve,
+    systemd_command,
     tree_fingerprint,
 )
 
@@ -116,6 +118,15 @@ def vllm_serve(serving_plan, settings):
         raise AnsibleFilterError(f"llm_vllm_serve: {error}") from None
 
 
+def command_line(argv):
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple)):
+        raise AnsibleFilterError(f"llm_systemd_command: {argv!r:.60}; expected a list of words")
+    try:
+        return systemd_command(list(argv))
+    except ValueError as error:
+        raise AnsibleFilterError(f"llm_systemd_command: {error}") from None
+
+
 def refusal(serving_plan, tensor_parallel=None):
     return plan_refusal(dict(serving_plan), tensor_parallel)
 
@@ -132,6 +143,7 @@ class FilterModule:
             "llm_catalog": catalog,
             "llm_ollama_tag": ollama_tag,
             "llm_vllm_serve": vllm_serve,
+            "llm_systemd_command": command_line,
             "llm_api_base": api_base,
             "llm_tree_fingerprint": tree_fingerprint,
             "llm_vllm_owned_flags": owned_flag_refusals,

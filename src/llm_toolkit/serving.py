@@ -33,6 +33,7 @@ OWNED_VLLM_FLAGS = {
     "--served-model-name": "vllm_served_model_name",
     "--max-model-len": "vllm_max_model_len",
     "--max-num-seqs": "vllm_max_num_seqs",
+    "--shutdown-timeout": "vllm_shutdown_timeout",
     "--tensor-parallel-size": "vllm_tensor_parallel_size",
     "-tp": "vllm_tensor_parallel_size",
     "--gpu-memory-utilization": "vllm_gpu_memory_utilization",
@@ -82,7 +83,8 @@ def serve(settings: dict, plan: dict) -> dict:
     """{args, tensor_parallel_size, cpu_tp, cpu_threads_bind} for vllm.service.
 
     settings: model_path, host, port, served_model_name, max_model_len, max_num_seqs, accelerator
-    (gpu or cpu), dtype, cpu_kv_cache_bytes, enforce_eager, extra_args and cores (the host's CPUs).
+    (gpu or cpu), dtype, cpu_kv_cache_bytes, enforce_eager, shutdown_timeout (seconds vLLM lets requests
+    in flight finish when stopped; 0 aborts them), extra_args and cores (the host's CPUs).
     plan: what the planner returned (tensor_parallel_size, vllm_args); on CPU hosts that do not
     simulate GPUs, {"tensor_parallel_size": 1, "vllm_args": []}.
     """
@@ -96,6 +98,8 @@ def serve(settings: dict, plan: dict) -> dict:
         args += ["--dtype", str(settings["dtype"]), "--kv-cache-memory-bytes", str(settings["cpu_kv_cache_bytes"])]
     if settings["enforce_eager"]:
         args.append("--enforce-eager")
+    if int(settings.get("shutdown_timeout") or 0) > 0:
+        args += ["--shutdown-timeout", str(int(settings["shutdown_timeout"]))]
     cpu_tp = cpu and tensor_parallel > 1
     cores = int(settings["cores"])
     if cpu_tp:
@@ -113,6 +117,31 @@ def serve(settings: dict, plan: dict) -> dict:
         # Fewer cores than ranks leaves it empty: the role's input check stops before that is used.
         "cpu_threads_bind": cpu_threads_bind(tensor_parallel, cores) if cpu_tp and cores >= tensor_parallel else "",
     }
+
+
+# Words systemd takes as they are in a command line: anything else is double-quoted and escaped.
+_SYSTEMD_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=,+-@")
+
+
+def systemd_command(argv: list) -> str:
+    """argv as a systemd ExecStart= line that hands the program exactly these words.
+
+    systemd expands `%` specifiers and `$` variables in command lines and unescapes backslashes and
+    quotes inside double quotes (systemd.service(5), "Command lines"): `%` becomes `%%`, `$` becomes
+    `$$`, and a word with anything but plain characters is double-quoted with `\\` and `\"` escaped.
+    A newline cannot be passed on a command line and is refused.
+    """
+    words = []
+    for arg in argv:
+        word = str(arg)
+        if "\n" in word or "\r" in word:
+            raise ValueError(f"a command-line word holds a line break: {word[:40]!r}; expected one line")
+        escaped = word.replace("%", "%%").replace("$", "$$")
+        if word and set(word) <= _SYSTEMD_PLAIN:
+            words.append(escaped)
+        else:
+            words.append('"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return " ".join(words)
 
 
 def plan_refusal(plan: dict, operator_tensor_parallel: object) -> str:

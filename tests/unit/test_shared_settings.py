@@ -2,13 +2,13 @@
 value moves every role that reads it (checked through the roles' own variables, as Ansible derives them)."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.ansible_plugins import run_test_playbook as run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = yaml.safe_load((REPO / "roles" / "llm_defaults" / "defaults" / "main.yml").read_text())
@@ -39,22 +39,7 @@ def derived(tmp_path: Path, overrides: dict) -> dict:
     out = tmp_path / "derived.json"
     extra = {"shared_settings_out": str(out), "vllm_model_dir": "/models/tiny", **overrides}
     extra["ansible_python_interpreter"] = sys.executable
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            "-i",
-            "localhost,",
-            "tests/playbooks/shared_settings.yml",
-            "-e",
-            json.dumps(extra),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    run_playbook("shared_settings.yml", "-i", "localhost,", "-e", json.dumps(extra))
     return json.loads(out.read_text())
 
 

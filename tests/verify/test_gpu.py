@@ -6,12 +6,15 @@ use (Ollama falls back to the CPU without an error); this catches it. Hosts with
 """
 
 import pytest
+import yaml
 from llm_toolkit.host.llm_gpu import parse_cuda_version, parse_driver_version, version_tuple
 
 from llm_toolkit.catalog import load_gates
-from tests.verify.verify_helpers import local_fact
+from tests.verify.verify_helpers import REPO, apt_list, local_fact, setting
 
 GATES = load_gates()
+BASE_DEFAULTS = yaml.safe_load((REPO / "roles" / "llm_base" / "defaults" / "main.yml").read_text())
+BLACKLIST = "Unattended-Upgrade::Package-Blacklist"
 
 
 def required_drivers(host) -> dict[str, str]:
@@ -43,3 +46,17 @@ def test_driver_and_cuda_still_meet_the_gates(host):
         what: need for what, need in required_drivers(host).items() if version_tuple(driver) < version_tuple(need)
     }
     assert not too_old, f"driver {driver} is older than {too_old}"
+
+
+def test_unattended_upgrades_leave_the_nvidia_driver_alone(host):
+    """A silent driver upgrade under the loaded kernel module breaks every CUDA program until a reboot."""
+    if setting(host, "llm_accelerator") != "gpu":
+        pytest.skip("not a GPU host (llm_accelerator: cpu): no driver to hold")
+    inventory = host.ansible.get_variables()
+    if not inventory.get("llm_base_hold_nvidia_driver", BASE_DEFAULTS["llm_base_hold_nvidia_driver"]):
+        pytest.skip("llm_base_hold_nvidia_driver is false in the inventory")
+    wanted = inventory.get("llm_base_nvidia_packages", BASE_DEFAULTS["llm_base_nvidia_packages"])
+    dump = host.run(f"apt-config dump {BLACKLIST}")
+    assert dump.rc == 0, f"apt-config fails (exit {dump.rc}): {dump.stderr.strip()[:200]}"
+    missing = [pattern for pattern in wanted if pattern not in apt_list(dump.stdout, BLACKLIST)]
+    assert not missing, f"{BLACKLIST} lacks {missing}: unattended-upgrades may upgrade the driver; rerun --tags base"

@@ -41,3 +41,9 @@ def vllm_api_key(host) -> str:
         if line.startswith("VLLM_API_KEY="):
             return decode_systemd_value(line.split("=", 1)[1])
     return ""
+
+
+def apt_list(dump: str, key: str) -> list[str]:
+    """The entries of an apt configuration list, from `apt-config dump` output."""
+    prefix = f"{key}:: "
+    return [line[len(prefix) :].rstrip(";").strip('"') for line in dump.splitlines() if line.startswith(prefix)]

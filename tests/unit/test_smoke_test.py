@@ -129,7 +129,7 @@ def test_an_unreachable_service_exits_2():
         port = probe.getsockname()[1]
     result = smoke("--base-url", f"http://127.0.0.1:{port}", "--api", "ollama", "--model", "m", "--timeout", "5")
     assert result.returncode == 2
-    assert "is unreachable: ConnectionError" in result.stderr
+    assert "is unreachable: ConnectionRefusedError" in result.stderr
 
 
 def test_the_api_key_comes_from_the_environment_or_stdin_never_argv(server):

@@ -102,7 +102,12 @@ class Response:
         self.received = 0
 
     def _broken(self, error: BaseException) -> BrokenAnswer:
-        what = f"answered HTTP {self.status}, then broke off after {self.received} bytes of body"
+        if isinstance(error, http.client.IncompleteRead):
+            self.received += len(error.partial)
+        if isinstance(error, TimeoutError):
+            what = f"answered HTTP {self.status}, but its body did not end in time ({self.received} bytes read)"
+        else:
+            what = f"answered HTTP {self.status}, then its body broke off after {self.received} bytes"
         return BrokenAnswer(f"{self.url} {what}: {_reason(error)}")
 
     def read(self) -> bytes:
@@ -171,5 +176,7 @@ def post_json(url: str, body: object, headers: dict[str, str] | None, timeout: f
         response = connection.getresponse()
     except (OSError, http.client.HTTPException, ValueError) as error:
         connection.close()
+        if isinstance(error, TimeoutError):
+            raise NoAnswer(f"{url} did not answer: {_reason(error)}") from None
         raise NoAnswer(f"{url} is unreachable: {_reason(error)}") from None
     return Response(url, connection, response)

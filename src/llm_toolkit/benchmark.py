@@ -239,8 +239,10 @@ def ollama_event(line: str) -> tuple[str, int | None, bool]:
     if not isinstance(message, dict) or not isinstance(content, str | None):
         raise _shape_error("ollama", line)
     tokens = event.get("eval_count") if event.get("done") else None
-    return content or "", tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None, bool(
-        event.get("done")
+    return (
+        content or "",
+        tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+        bool(event.get("done")),
     )
 
 
@@ -329,7 +331,8 @@ def n_at_once(args: argparse.Namespace, query: str) -> dict:
     if not isinstance(choices, list) or len(choices) != args.drafts:
         count = len(choices) if isinstance(choices, list) else "no"
         raise BenchmarkError(f"n={args.drafts} gave {count} choices: {str(payload)[:120]}")
-    contents = [(choice.get("message") or {}).get("content") if isinstance(choice, dict) else None for choice in choices]
+    messages = [choice.get("message") if isinstance(choice, dict) else None for choice in choices]
+    contents = [message.get("content") if isinstance(message, dict) else None for message in messages]
     if not all(isinstance(content, str) and content.strip() for content in contents):
         raise BenchmarkError(f"n={args.drafts}: a choice has no content: {str(payload)[:120]}")
     usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
@@ -610,7 +613,9 @@ def compare(paths: list[Path], plot_path: Path | None, markdown_path: Path | Non
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--compare"]:
-        parser = OneLineParser(prog="scripts/benchmark.py --compare", name="benchmark", description="compare JSON reports")
+        parser = OneLineParser(
+            prog="scripts/benchmark.py --compare", name="benchmark", description="compare JSON reports"
+        )
         parser.add_argument("--compare", nargs="+", type=Path, required=True)
         parser.add_argument("--plot", type=Path)
         parser.add_argument("--markdown", type=Path)

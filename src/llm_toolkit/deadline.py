@@ -59,7 +59,7 @@ class _DeadlineSocket:
         self._arm()
         self._sock.sendall(data, flags)
 
-    def makefile(self, mode: str = "rb", buffering: int = -1) -> io.BufferedReader:  # noqa: ARG002 - http.client reads only
+    def makefile(self, mode: str = "rb", buffering: int = -1) -> io.BufferedReader:
         # Like socket.makefile: the file holds a reference, so the socket stays open while a
         # response is read after its connection object let go of it (HTTP/1.0, Connection: close).
         self._sock._io_refs += 1
@@ -170,9 +170,7 @@ def post_json(url: str, body: object, headers: dict[str, str] | None, timeout: f
     data = json.dumps(body).encode()
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        connection.request(
-            "POST", target, body=data, headers={"Content-Type": "application/json", **(headers or {})}
-        )
+        connection.request("POST", target, body=data, headers={"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
     except (OSError, http.client.HTTPException, ValueError) as error:
         connection.close()

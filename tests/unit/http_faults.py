@@ -21,7 +21,11 @@ class _Handler(socketserver.BaseRequestHandler):
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
         length = next(
-            (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
             0,
         )
         while len(body) < length:
@@ -43,15 +47,21 @@ class _Handler(socketserver.BaseRequestHandler):
             if mode == "drip-headers":
                 self._drip(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Slow: 1\r\n" * 10000)
             elif mode == "drip-body":
-                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+                self.request.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                )
                 self._drip(b" " * 100000)
             elif mode == "endless-stream":
-                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                self.request.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
                 while not self.server.stopping.is_set():
                     self.request.sendall(_chunk(body))
                     time.sleep(DRIP_S)
             elif mode == "truncated":
-                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body) + 1000}\r\n\r\n"
+                head = (
+                    f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body) + 1000}\r\n\r\n"
+                )
                 self.request.sendall(head.encode() + body)
             elif mode == "chunked":
                 head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"

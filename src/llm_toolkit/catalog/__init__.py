@@ -127,7 +127,9 @@ def entry_from_config_json(path: Path, float16_unsupported_types: list[str]) -> 
             f"--config-json {path}: cannot read it as JSON ({error}); expected a model's config.json"
         ) from None
     if not isinstance(config, dict):
-        raise PlanError(f"--config-json {path}: it holds a JSON {type(config).__name__}; expected a model's config.json")
+        raise PlanError(
+            f"--config-json {path}: it holds a JSON {type(config).__name__}; expected a model's config.json"
+        )
     quant = config.get("quantization_config") or {}
     config = config.get("text_config", config)
     if not isinstance(quant, dict) or not isinstance(config, dict):

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 from llm_toolkit.catalog import get_model, load_models
 from llm_toolkit.cli import OneLineParser, output_problem, positive_seconds
 from llm_toolkit.deadline import HttpFailure, Response, post_json
+from llm_toolkit.host.llm_gpu import run_bounded
 from llm_toolkit.planner import MAX_GPUS, PlanError
 
 QUERIES = ["Come posso lavare la mia auto?", "Come rimuovere graffi dalla vernice?", "Prodotti per pulire gli interni?"]
@@ -380,12 +380,10 @@ class GpuSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _read(self) -> list[dict]:
-        try:
-            result = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return []
+        # Bounded, and never waiting on a process a wedged driver keeps from dying (subprocess.run would).
+        returncode, stdout, _ = run_bounded(list(self.QUERY), 10)
         rows = []
-        for line in result.stdout.splitlines() if result.returncode == 0 else []:
+        for line in stdout.splitlines() if returncode == 0 else []:
             fields = [field.strip() for field in line.split(",")]
             if len(fields) == 4 and all(field.replace(".", "").isdigit() for field in fields):
                 index, util, used, total = fields

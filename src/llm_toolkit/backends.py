@@ -10,8 +10,8 @@ No secret ever goes into a record: it is world-readable, like every local fact.
 
 from __future__ import annotations
 
-import math
 import json
+import math
 
 # Local facts of the service roles, in the app's order of preference (vLLM first, Ollama the fallback).
 BACKEND_FACTS = {"vllm": "llm_vllm", "ollama": "llm_ollama"}

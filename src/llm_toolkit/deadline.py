@@ -142,6 +142,9 @@ class Response:
             except (OSError, http.client.HTTPException) as error:
                 raise self._broken(error) from None
             if not line:
+                missing = self._response.length  # bytes the Content-Length promised and never came
+                if missing:
+                    raise self._broken(http.client.IncompleteRead(b"", missing))
                 return
             self.received += len(line)
             if len(line) > MAX_LINE:

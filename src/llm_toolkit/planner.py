@@ -78,7 +78,7 @@ def _cc_text(cc: tuple[int, int]) -> str:
 
 # Upper bounds of the planner's inputs: beyond them a value is a typo, not a host. GPUs per host:
 # 8 on an HGX/DGX board, 16 on the largest single systems; memory per GPU: 1 TiB, several times
-# the largest GPU sold (docs/models-and-sizing.md); concurrency: 4096 full-length sequences, far
+# the largest GPU sold (docs/models-and-sizing.md, section 7); concurrency: 4096 full-length sequences, far
 # above vLLM's default batch of 256 sequences.
 MAX_GPUS = 16
 MAX_GPU_MEM_MIB = 1024 * 1024

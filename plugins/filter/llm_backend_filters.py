@@ -5,6 +5,8 @@
 {{ record | llm_smoke_command(venv, timeout, max_latency) }} the smoke test's argv for one backend
 {{ record | llm_benchmark_command(venv, options, report_dir, gpu, model, format) }}  the benchmark's argv
 {{ records | llm_benchmark_reports(report_dir) }}          where the reports of the backends land
+{{ timeout_s | llm_smoke_time_limit }}                      the smoke task's time limit (timeout:)
+{{ options | llm_benchmark_time_limit(queries) }}           the benchmark task's time limit (timeout:)
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from llm_toolkit.backends import (
     RecordError,
     benchmark_command,
     benchmark_reports,
+    benchmark_time_limit,
     make_record,
     recorded_backends,
     render,
     smoke_command,
+    smoke_time_limit,
 )
 
 DOCUMENTATION = """
@@ -63,4 +67,6 @@ class FilterModule:
             "llm_smoke_command": smoke,
             "llm_benchmark_command": benchmark,
             "llm_benchmark_reports": reports,
+            "llm_smoke_time_limit": smoke_time_limit,
+            "llm_benchmark_time_limit": lambda options, queries: benchmark_time_limit(dict(options), queries),
         }

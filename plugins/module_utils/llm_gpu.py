@@ -6,9 +6,12 @@ module, and imported directly by the unit tests, which feed it real outputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
+import signal
+import subprocess
 
 GPU_QUERY_FIELDS = [
     "index",
@@ -56,6 +59,10 @@ COMPUTE_CAP_BY_NAME = {
     "GTX 10": "6.1",
 }
 
+# nvidia-smi answers in seconds (tens of seconds on many GPUs without persistence mode); one that
+# has not finished after this long is stuck in a wedged driver and would hang the play forever.
+NVIDIA_SMI_TIMEOUT_S = 60
+TIMED_OUT = "timed-out"
 DRIVER_NOT_LOADED = "couldn't communicate with the NVIDIA driver"
 VERSION_MISMATCH = "Driver/library version mismatch"
 INVALID_FIELD = re.compile(r'Field "([^"]+)" is not a valid field to query')
@@ -176,6 +183,27 @@ def parse_kernel_module_version(text: str) -> str | None:
     return None
 
 
+def run_bounded(argv, timeout, env=None):
+    """(returncode, stdout, stderr) of a command given `timeout` seconds in all; returncode is None
+    when it did not finish in time. Its process group is then killed; a process stuck in the kernel
+    (a wedged GPU driver: uninterruptible sleep) cannot die, and is left behind rather than waited for."""
+    try:
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+        )
+    except OSError as error:
+        return 127, "", str(error)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=5)
+        return None, "", f"{os.path.basename(argv[0])} did not finish within {timeout:g} s (killed)"
+    return process.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
 def classify_failure(output: str, returncode: int) -> tuple[str, str]:
     """(state, first line of the error) for an nvidia-smi call that failed."""
     first = next((line.strip() for line in output.splitlines() if line.strip()), f"exit code {returncode}")
@@ -223,8 +251,10 @@ class HostFiles:
 def collect(run, files: HostFiles, nvidia_smi: str | None, nvcc: str | None = None) -> dict:
     """Everything the toolkit knows about this host's NVIDIA GPUs.
 
-    run(argv) -> (returncode, stdout, stderr) runs a command. Never raises for a broken GPU
-    stack: `state` says what is wrong ("ok", "not-installed", "driver-not-loaded", ...).
+    run(argv) -> (returncode, stdout, stderr) runs a command, returncode None when it did not
+    finish in time (run_bounded). Never raises for a broken GPU stack, never waits on a hung one:
+    `state` says what is wrong ("ok", "not-installed", "driver-not-loaded", "timed-out", ...), and
+    after the first nvidia-smi call that timed out no other is made.
     """
     facts = {
         "nvidia_smi": nvidia_smi,
@@ -243,15 +273,28 @@ def collect(run, files: HostFiles, nvidia_smi: str | None, nvcc: str | None = No
         facts["nvcc_version"] = parse_nvcc(out) if rc == 0 else None
     if not nvidia_smi:
         return facts
+
+    def smi(*args):
+        if facts["state"] == TIMED_OUT:
+            return 1, "", ""
+        rc, out, err = run([nvidia_smi, *args])
+        if rc is None:
+            facts["state"] = TIMED_OUT
+            facts["error"] = f"`nvidia-smi {' '.join(args)}`: {err.strip() or 'did not finish in time'}"
+            return 1, "", ""
+        return rc, out, err
+
     fields = list(GPU_QUERY_FIELDS)
     while True:
-        rc, out, err = run([nvidia_smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"])
+        rc, out, err = smi(f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits")
         refused = invalid_field(out + err) if rc != 0 else None
         if refused and refused in fields and len(fields) > 1:
             fields.remove(refused)
             facts["fallbacks"].append(f"nvidia-smi has no {refused} field")
             continue
         break
+    if facts["state"] == TIMED_OUT:
+        return facts
     if rc != 0:
         facts["state"], facts["error"] = classify_failure(out + err, rc)
         return facts
@@ -260,14 +303,12 @@ def collect(run, files: HostFiles, nvidia_smi: str | None, nvcc: str | None = No
     if any(gpu["compute_cap_source"] == "name table" for gpu in facts["gpus"]):
         facts["fallbacks"].append("compute capability taken from the GPU name table")
     facts["driver_version"] = next((g["driver_version"] for g in facts["gpus"] if g["driver_version"]), None)
-    rc, out, err = run([nvidia_smi])
+    rc, out, err = smi()
     facts["cuda_version"] = parse_cuda_version(out) if rc == 0 else None
     if facts["cuda_version"] is None:
-        rc, out, err = run([nvidia_smi, "-q"])
+        rc, out, err = smi("-q")
         facts["cuda_version"] = parse_cuda_version(out) if rc == 0 else None
-    rc, out, err = run(
-        [nvidia_smi, f"--query-compute-apps={','.join(APP_QUERY_FIELDS)}", "--format=csv,noheader,nounits"]
-    )
+    rc, out, err = smi(f"--query-compute-apps={','.join(APP_QUERY_FIELDS)}", "--format=csv,noheader,nounits")
     if rc == 0:
         facts["compute_apps"] = [
             dict(app, **process_identity(files, app["pid"]), unit=process_unit(files, app["pid"]))

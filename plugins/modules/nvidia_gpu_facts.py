@@ -20,6 +20,12 @@ options:
     description: Path to nvcc; empty to search PATH and /usr/local/cuda/bin.
     type: str
     default: ""
+  timeout:
+    description:
+      - Seconds each nvidia-smi (and nvcc) call may take; one that does not finish is killed and
+        reported as C(state=timed-out) (a wedged GPU or driver), and no further call is made.
+    type: int
+    default: 60
 author: LLM toolkit team
 """
 
@@ -37,8 +43,10 @@ ansible_facts:
   type: dict
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llm_gpu import HostFiles, collect
+from ansible.module_utils.llm_gpu import NVIDIA_SMI_TIMEOUT_S, HostFiles, collect, run_bounded
 
 
 def main():
@@ -46,6 +54,7 @@ def main():
         argument_spec={
             "nvidia_smi_path": {"type": "str", "default": ""},
             "nvcc_path": {"type": "str", "default": ""},
+            "timeout": {"type": "int", "default": NVIDIA_SMI_TIMEOUT_S},
         },
         supports_check_mode=True,
     )
@@ -54,8 +63,13 @@ def main():
         nvidia_smi = None
     nvcc = module.params["nvcc_path"] or module.get_bin_path("nvcc", opt_dirs=["/usr/local/cuda/bin"])
 
+    if module.params["timeout"] < 1:
+        module.fail_json(msg=f"timeout {module.params['timeout']} is not positive; expected seconds, e.g. 60")
+    environment = dict(os.environ, LC_ALL="C")
+
+    # AnsibleModule.run_command has no time limit: a wedged driver would hang the play forever.
     def run(argv):
-        return module.run_command(argv, environ_update={"LC_ALL": "C"})
+        return run_bounded(argv, module.params["timeout"], environment)
 
     facts = collect(run, HostFiles(), nvidia_smi, nvcc)
     module.exit_json(changed=False, ansible_facts={"nvidia_gpu": facts})

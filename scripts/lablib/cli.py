@@ -24,7 +24,9 @@ from .core import (
     NO_LAYER,
     LabError,
     LabSpec,
+    boot_timeout_s,
     default_subnet,
+    min_free_mb,
     plan_nodes,
     render_inventory,
     validate_name,
@@ -207,7 +209,7 @@ def cmd_deps(lab: Lab, args: argparse.Namespace) -> int:
 def cmd_image(lab: Lab, args: argparse.Namespace) -> int:
     system.require_root("image")
     path = lab_image.image_path(lab.home)
-    system.preflight(lab.home, _min_free(), need_image_tools=not path.exists())
+    system.preflight(lab.home, min_free_mb(), need_image_tools=not path.exists())
     with lab.locked():
         say(f"image ready: {lab_image.build_image(lab.home, log=say)}")
     return 0
@@ -227,7 +229,7 @@ def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
     previous = lab.load()
     nodes = plan(previous)
     image_dir = lab_image.image_path(lab.home)
-    system.preflight(lab.home, _min_free(), need_image_tools=not image_dir.exists())
+    system.preflight(lab.home, min_free_mb(), need_image_tools=not image_dir.exists())
     spec = LabSpec(name=lab.name, subnet=lab.subnet, nodes=nodes, nat=previous.nat if previous else True)
     if previous and previous.subnet != spec.subnet:
         raise LabError(
@@ -271,7 +273,7 @@ def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
                 system.set_gpu_profile(system.NodePaths(lab.state_dir, node.name), node.gpu_profile)
         for node in to_boot:
             system.start_node(lab.state_dir, spec, node, image_dir, key, layers.get(node.layer))
-        timeout = float(os.environ.get("LAB_BOOT_TIMEOUT", "120"))
+        timeout = boot_timeout_s()
         system.in_parallel(
             lambda node: (
                 boot_with_one_retry(lab, spec, node, image_dir, key, timeout, layers.get(node.layer))
@@ -413,7 +415,7 @@ def cmd_nat(lab: Lab, args: argparse.Namespace) -> int:
 def cmd_layer(lab: Lab, args: argparse.Namespace) -> int:
     system.require_root("layer")
     image_dir = lab_image.image_path(lab.home)
-    system.preflight(lab.home, _min_free(), need_image_tools=not image_dir.exists())
+    system.preflight(lab.home, min_free_mb(), need_image_tools=not image_dir.exists())
     key = system.ensure_key(lab.home)
     with lab.locked():
         image_dir = lab_image.build_image(lab.home, log=say)
@@ -425,10 +427,6 @@ def cmd_layer(lab: Lab, args: argparse.Namespace) -> int:
         return 0
     print(lab_layer.ensure_layer(lab.home, args.layer, image_dir, key, log=say))
     return 0
-
-
-def _min_free() -> int:
-    return int(os.environ.get("LAB_MIN_FREE_MB", "2048"))
 
 
 COMMANDS = {
@@ -447,6 +445,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        min_free_mb(), boot_timeout_s()  # the environment is checked before any command touches anything
         lab = Lab(args.home, args.name, args.subnet)
         return COMMANDS[args.command](lab, args)
     except LabError as error:

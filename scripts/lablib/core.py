@@ -9,6 +9,7 @@ import fnmatch
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -32,6 +33,28 @@ RESERVED_GROUPS = ("all", "ungrouped")
 
 class LabError(Exception):
     """An expected failure: printed as one line, no traceback."""
+
+
+def env_number(name: str, default: float, minimum: float, maximum: float) -> float:
+    """A number from the environment variable `name` (default when unset), within [minimum, maximum];
+    LabError in one line naming the variable, the value and what is expected otherwise."""
+    text = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not minimum <= value <= maximum:  # false for nan too
+        expected = f"a number from {minimum:.12g} to {maximum:.12g}"
+        raise LabError(f"{name}={text!r} is not {expected}; fix: set it to one or unset it")
+    return value
+
+
+def min_free_mb() -> int:
+    return int(env_number("LAB_MIN_FREE_MB", 2048, 0, 10**9))
+
+
+def boot_timeout_s() -> float:
+    return env_number("LAB_BOOT_TIMEOUT", 120, 1, 86400)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from .core import (
     LayerRecipe,
     Listing,
     Node,
+    boot_timeout_s,
     check_free_space,
     default_subnet,
     is_layer_dir_of,
@@ -186,7 +187,7 @@ def run_in_build_host(
     try:
         system.network_up(spec)
         binds = (f"--bind={pip_cache}:{LAYER_PIP_CACHE}",)
-        timeout = float(os.environ.get("LAB_BOOT_TIMEOUT", "120"))
+        timeout = boot_timeout_s()
         system.start_node(state_dir, spec, node, image, ssh_key, extra_binds=binds)
         try:
             system.wait_node(state_dir, node, ssh_key, timeout)

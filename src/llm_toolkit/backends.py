@@ -11,6 +11,7 @@ No secret ever goes into a record: it is world-readable, like every local fact.
 from __future__ import annotations
 
 import json
+import math
 
 # Local facts of the service roles, in the app's order of preference (vLLM first, Ollama the fallback).
 BACKEND_FACTS = {"vllm": "llm_vllm", "ollama": "llm_ollama"}
@@ -118,6 +119,25 @@ def smoke_command(record: dict, venv: str, timeout_s: float, max_latency_s: floa
     if max_latency_s:
         argv += ["--max-latency", str(max_latency_s)]
     return argv
+
+
+# Seconds a task that runs the smoke test or the benchmark may take beyond its requests' deadlines
+# (the helper venv's Python starting, langdetect loading, the reports written).
+COMMAND_MARGIN_S = 120
+# The queries the benchmark asks when none are configured (llm_toolkit.benchmark.QUERIES).
+DEFAULT_BENCHMARK_QUERIES = 3
+
+
+def smoke_time_limit(timeout_s) -> int:
+    """The task's time limit for one smoke test: its one request's deadline plus the margin."""
+    return math.ceil(float(timeout_s)) + COMMAND_MARGIN_S
+
+
+def benchmark_time_limit(options: dict, queries: int) -> int:
+    """The task's time limit for one benchmark run: every request at its deadline (per query and run,
+    one streamed request, the concurrent drafts and the n= request), plus the margin."""
+    requests = (int(options["warmup"]) + int(options["runs"])) * (int(queries) or DEFAULT_BENCHMARK_QUERIES) * 3
+    return math.ceil(requests * float(options["timeout_s"])) + COMMAND_MARGIN_S
 
 
 def benchmark_command(record: dict, venv: str, options: dict, report_dir: str, gpu: str, model: str, fmt: str) -> list:

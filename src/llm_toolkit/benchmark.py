@@ -27,15 +27,16 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import requests
-
 from llm_toolkit.catalog import get_model, load_models
+from llm_toolkit.cli import OneLineParser, output_problem, positive_seconds
+from llm_toolkit.deadline import HttpFailure, Response, post_json
+from llm_toolkit.host.llm_gpu import run_bounded
+from llm_toolkit.planner import MAX_GPUS, PlanError
 
 QUERIES = ["Come posso lavare la mia auto?", "Come rimuovere graffi dalla vernice?", "Prodotti per pulire gli interni?"]
 
@@ -171,18 +172,83 @@ def markdown(config: dict, summary: dict, per_query: dict) -> str:
 # -- requests ------------------------------------------------------------------------------------
 
 
-def _post(session: requests.Session, url: str, body: dict, headers: dict, timeout: float, stream: bool):
+def _post(url: str, body: dict, headers: dict, timeout: float) -> Response:
+    """The response to a POST whose status is 200; --timeout bounds the whole request, body included."""
     try:
-        response = session.post(url, json=body, headers=headers, timeout=timeout, stream=stream)
-    except requests.RequestException as error:
-        raise BenchmarkError(f"{url} is unreachable: {error.__class__.__name__}") from error
-    if response.status_code != 200:
-        raise BenchmarkError(f"{url} answered HTTP {response.status_code}: {response.text.strip()[:200]}")
+        response = post_json(url, body, headers, timeout)
+    except HttpFailure as error:
+        raise BenchmarkError(str(error)) from None
+    if response.status != 200:
+        text = response.text()
+        response.close()
+        raise BenchmarkError(f"{url} answered HTTP {response.status}: {text}")
     return response
 
 
-def stream_once(args: argparse.Namespace, query: str, session: requests.Session) -> dict:
-    """One streamed request: latency, time to first content token, tokens and decode rate."""
+def _shape_error(api: str, line: str) -> BenchmarkError:
+    return BenchmarkError(f"the answer is not an {api} chat stream: {line[:120]!r}")
+
+
+def openai_event(line: str) -> tuple[str, int | None] | None:
+    """(content, completion tokens reported or None) of one SSE line of an OpenAI chat stream;
+    None for lines that carry no event (comments, `event:`/`id:`/`retry:` fields, [DONE]).
+    BenchmarkError for anything the API does not send."""
+    if not line.startswith("data:"):
+        if line.startswith((":", "event:", "id:", "retry:")):
+            return None
+        raise _shape_error("openai", line)
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise _shape_error("openai", line) from None
+    if not isinstance(event, dict):
+        raise _shape_error("openai", line)
+    if event.get("error"):
+        raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
+    choices, usage = event.get("choices", []), event.get("usage")
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise _shape_error("openai", line)
+    if usage is not None and not isinstance(usage, dict):
+        raise _shape_error("openai", line)
+    text = ""
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if not isinstance(delta, dict) or not isinstance(content, str | None):
+            raise _shape_error("openai", line)
+        text += content or ""
+    tokens = (usage or {}).get("completion_tokens")
+    return text, tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+
+
+def ollama_event(line: str) -> tuple[str, int | None, bool]:
+    """(content, eval_count or None, done) of one NDJSON line of Ollama's chat stream."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise _shape_error("ollama", line) from None
+    if not isinstance(event, dict):
+        raise _shape_error("ollama", line)
+    if event.get("error"):
+        raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
+    message = event.get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(message, dict) or not isinstance(content, str | None):
+        raise _shape_error("ollama", line)
+    tokens = event.get("eval_count") if event.get("done") else None
+    return (
+        content or "",
+        tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+        bool(event.get("done")),
+    )
+
+
+def stream_once(args: argparse.Namespace, query: str) -> dict:
+    """One streamed request: latency, time to first content token, tokens and decode rate.
+    An answer without content, a stream the API would not send, or one that does not end is an error."""
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     messages = [{"role": "user", "content": query}]
     if args.api == "ollama":
@@ -198,40 +264,38 @@ def stream_once(args: argparse.Namespace, query: str, session: requests.Session)
             "stream_options": {"include_usage": True},
         }
     started = time.perf_counter()
-    response = _post(session, url, body, headers, args.timeout, stream=True)
     first = last = None
-    chunks, reported = 0, None
-    with response:
-        for raw in response.iter_lines(chunk_size=None):
+    chunks, reported, ended_by_api = 0, None, False
+    with _post(url, body, headers, args.timeout) as response:
+        for raw in response.lines():
             line = raw.decode("utf-8", "replace").strip()
             if not line:
                 continue
             if args.api == "openai":
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                ended_by_api = ended_by_api or line.replace(" ", "") == "data:[DONE]"
+                event = openai_event(line)
+                if event is None:
                     continue
-                event = json.loads(line[6:])
-                if event.get("error"):
-                    raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
-                if event.get("usage"):
-                    reported = event["usage"].get("completion_tokens", reported)
-                text = "".join((choice.get("delta") or {}).get("content") or "" for choice in event.get("choices", []))
+                text, tokens = event
             else:
-                event = json.loads(line)
-                if event.get("error"):
-                    raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
-                if event.get("done"):
-                    reported = event.get("eval_count", reported)
-                text = (event.get("message") or {}).get("content") or ""
+                text, tokens, done = ollama_event(line)
+                ended_by_api = ended_by_api or done
+            reported = tokens if tokens is not None else reported
             if text:
                 now = time.perf_counter()
                 first = first if first is not None else now
                 last = now
                 chunks += 1
     ended = time.perf_counter()
+    if not ended_by_api:
+        end = "data: [DONE]" if args.api == "openai" else 'a line with "done": true'
+        raise BenchmarkError(f"{url} answered HTTP 200, but its stream ended without {end} (cut short)")
+    if not chunks:
+        raise BenchmarkError(f"{url} answered HTTP 200 with no content (an empty answer, 0 tokens)")
     tokens = reported if reported else chunks
     return {
         "latency_s": ended - started,
-        "ttft_s": (first - started) if first is not None else None,
+        "ttft_s": first - started,
         "tokens": tokens,
         "token_source": "usage" if reported else "chunks",
         "decode_tokens_per_s": decode_rate(tokens, first, last),
@@ -242,12 +306,12 @@ def drafts_at_once(args: argparse.Namespace, query: str) -> dict:
     """`--drafts` concurrent streamed requests for the same query: their wall time."""
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.drafts) as pool:
-        futures = [pool.submit(stream_once, args, query, requests.Session()) for _ in range(args.drafts)]
+        futures = [pool.submit(stream_once, args, query) for _ in range(args.drafts)]
         results = [future.result() for future in futures]
     return {"wall_s": time.perf_counter() - started, "tokens": sum(r["tokens"] for r in results)}
 
 
-def n_at_once(args: argparse.Namespace, query: str, session: requests.Session) -> dict:
+def n_at_once(args: argparse.Namespace, query: str) -> dict:
     """One OpenAI request with n=drafts (the server batches the drafts itself)."""
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     body = {
@@ -256,12 +320,23 @@ def n_at_once(args: argparse.Namespace, query: str, session: requests.Session) -
         "max_tokens": args.max_tokens,
         "n": args.drafts,
     }
+    url = f"{args.base_url}/v1/chat/completions"
     started = time.perf_counter()
-    response = _post(session, f"{args.base_url}/v1/chat/completions", body, headers, args.timeout, stream=False)
-    payload = response.json()
-    if len(payload.get("choices", [])) != args.drafts:
-        raise BenchmarkError(f"n={args.drafts} gave {len(payload.get('choices', []))} choices")
-    return {"wall_s": time.perf_counter() - started, "tokens": (payload.get("usage") or {}).get("completion_tokens")}
+    with _post(url, body, headers, args.timeout) as response:
+        try:
+            payload = response.json()
+        except HttpFailure as error:
+            raise BenchmarkError(str(error)) from None
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(choices, list) or len(choices) != args.drafts:
+        count = len(choices) if isinstance(choices, list) else "no"
+        raise BenchmarkError(f"n={args.drafts} gave {count} choices: {str(payload)[:120]}")
+    messages = [choice.get("message") if isinstance(choice, dict) else None for choice in choices]
+    contents = [message.get("content") if isinstance(message, dict) else None for message in messages]
+    if not all(isinstance(content, str) and content.strip() for content in contents):
+        raise BenchmarkError(f"n={args.drafts}: a choice has no content: {str(payload)[:120]}")
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    return {"wall_s": time.perf_counter() - started, "tokens": usage.get("completion_tokens")}
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -269,18 +344,17 @@ def n_at_once(args: argparse.Namespace, query: str, session: requests.Session) -
 
 def run(args: argparse.Namespace, queries: list[str], progress) -> tuple[list[dict], str | None]:
     """Every measurement in order; stops at the first failed request and returns its message."""
-    session = requests.Session()
     samples: list[dict] = []
-    kinds = [("single", lambda q: stream_once(args, q, session)), ("drafts", lambda q: drafts_at_once(args, q))]
+    kinds = [("single", lambda q: stream_once(args, q)), ("drafts", lambda q: drafts_at_once(args, q))]
     if args.api == "openai" and args.drafts > 1:
-        kinds.append(("n", lambda q: n_at_once(args, q, session)))
+        kinds.append(("n", lambda q: n_at_once(args, q)))
     for index in range(args.warmup + args.runs):
         for query in queries:
             for kind, measure in kinds:
                 sample = {"query": query, "kind": kind, "run": index - args.warmup, "warmup": index < args.warmup}
                 try:
                     sample.update(measure(query))
-                except (BenchmarkError, ValueError, requests.RequestException) as error:
+                except (BenchmarkError, HttpFailure) as error:
                     sample["error"] = str(error)
                     samples.append(sample)
                     return samples, sample["error"]
@@ -306,12 +380,10 @@ class GpuSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _read(self) -> list[dict]:
-        try:
-            result = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return []
+        # Bounded, and never waiting on a process a wedged driver keeps from dying (subprocess.run would).
+        returncode, stdout, _ = run_bounded(list(self.QUERY), 10)
         rows = []
-        for line in result.stdout.splitlines() if result.returncode == 0 else []:
+        for line in stdout.splitlines() if returncode == 0 else []:
             fields = [field.strip() for field in line.split(",")]
             if len(fields) == 4 and all(field.replace(".", "").isdigit() for field in fields):
                 index, util, used, total = fields
@@ -384,7 +456,7 @@ def plot(path: Path, config: dict, summary: dict, per_query_stats: dict) -> None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="scripts/benchmark.py", name="benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--api", required=True, choices=["openai", "ollama"])
     parser.add_argument("--model", required=True)
@@ -395,7 +467,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--drafts", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--timeout", type=positive_seconds, default=300.0, help="seconds one request may take in all")
     parser.add_argument("--queries", type=Path, help="one query per line (default: the plan's three)")
     parser.add_argument("--json", type=Path, dest="json_out")
     parser.add_argument("--markdown", type=Path)
@@ -414,6 +486,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--api-key-env {args.api_key_env}: no such environment variable")
     if args.queries and not args.queries.is_file():
         parser.error(f"--queries {args.queries}: no such file")
+    if not 1 <= args.tensor_parallel <= MAX_GPUS:
+        parser.error(f"--tensor-parallel {args.tensor_parallel} is outside 1..{MAX_GPUS}")
+    # Checked before the run, so that a run's samples are never lost to a path that cannot be written.
+    for path, option in ((args.json_out, "--json"), (args.markdown, "--markdown"), (args.plot, "--plot")):
+        problem = output_problem(path, option)
+        if problem:
+            parser.error(problem)
+    if args.catalog_model:
+        try:
+            formats = get_model(load_models(), args.catalog_model)["formats"]
+        except PlanError as error:
+            parser.error(str(error).replace("--model", "--catalog-model", 1))
+        if args.format not in formats:
+            parser.error(f"--format {args.format!r}: {args.catalog_model} has {', '.join(formats)} in the catalog")
     args.base_url = args.base_url.rstrip("/").removesuffix("/v1")
     if args.api_key_stdin:
         args.api_key = sys.stdin.readline().strip()
@@ -432,15 +518,45 @@ def hardware_config(args: argparse.Namespace) -> dict:
     return {"gpu_bandwidth_gbps": bandwidth, "weights_gb": weights_gb, "hardware_bound_tokens_per_s": bound}
 
 
+def _number_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def report_problem(report: object) -> str | None:
+    """What makes a JSON document unusable as a benchmark report for --compare, or None."""
+    if not isinstance(report, dict):
+        return f"it is a JSON {type(report).__name__}, not a report object"
+    summary, config = report.get("summary"), report.get("config")
+    if not isinstance(summary, dict) or not isinstance(config, dict):
+        return "it has no summary and config objects"
+    for key in ("backend", "model"):
+        if not isinstance(config.get(key), str):
+            return f"config.{key} is not a string"
+    for key in ("latency_s_p50", "drafts_wall_s_p50", "decode_tokens_per_s_p50", "ttft_s_p50", "errors"):
+        if key not in summary or not _number_or_none(summary[key]):
+            return f"summary.{key} is missing or not a number"
+    return None
+
+
 def compare(paths: list[Path], plot_path: Path | None, markdown_path: Path | None) -> int:
     """One table and one chart over several JSON reports (the configurations run on a host)."""
+    for path, option in ((markdown_path, "--markdown"), (plot_path, "--plot")):
+        problem = output_problem(path, option)
+        if problem:
+            print(f"benchmark --compare: {problem}", file=sys.stderr)
+            return 2
     reports = []
     for path in paths:
         try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
+            report = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             print(f"benchmark --compare: cannot read {path}: {error}", file=sys.stderr)
             return 2
+        problem = report_problem(report)
+        if problem:
+            print(f"benchmark --compare: {path} is not a benchmark report: {problem}", file=sys.stderr)
+            return 2
+        reports.append(report)
     lines = [
         "| Configuration | Single query (p50) | 3 drafts (p50) | Tokens/s (p50) | TTFT (p50) | Errors |",
         "|---|---|---|---|---|---|",
@@ -495,7 +611,9 @@ def compare(paths: list[Path], plot_path: Path | None, markdown_path: Path | Non
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--compare"]:
-        parser = argparse.ArgumentParser(prog="benchmark.py --compare", description="compare JSON reports")
+        parser = OneLineParser(
+            prog="scripts/benchmark.py --compare", name="benchmark", description="compare JSON reports"
+        )
         parser.add_argument("--compare", nargs="+", type=Path, required=True)
         parser.add_argument("--plot", type=Path)
         parser.add_argument("--markdown", type=Path)
@@ -519,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         "drafts": args.drafts,
         "max_tokens": args.max_tokens,
         "queries": queries,
-        "client": {"python": platform.python_version(), "requests": requests.__version__},
+        "client": {"python": platform.python_version()},
         **hardware_config(args),
     }
     total = (args.warmup + args.runs) * len(queries) * (3 if args.api == "openai" and args.drafts > 1 else 2)

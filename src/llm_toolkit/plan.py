@@ -22,19 +22,14 @@ from llm_toolkit.catalog import (
     load_models,
     load_serving,
 )
+from llm_toolkit.cli import OneLineParser
 from llm_toolkit.planner import FORMATS, KV_CACHE_DTYPES, PlanError, PlanRequest, plan
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"plan: error: {message}; see scripts/plan.py --help\n")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = OneLineParser(
         prog="scripts/plan.py",
+        name="plan",
         description=__doc__.split("\n\n")[0],
         epilog="Exit codes: 0 a plan exists; 1 nothing fits; 2 bad input.",
     )

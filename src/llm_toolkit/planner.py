@@ -76,7 +76,16 @@ def _cc_text(cc: tuple[int, int]) -> str:
     return f"{cc[0]}.{cc[1]}"
 
 
-def _positive_int(name: str, value, allowed: str) -> int:
+# Upper bounds of the planner's inputs: beyond them a value is a typo, not a host. GPUs per host:
+# 8 on an HGX/DGX board, 16 on the largest single systems; memory per GPU: 1 TiB, several times
+# the largest GPU sold (docs/models-and-sizing.md, section 7); concurrency: 4096 full-length sequences, far
+# above vLLM's default batch of 256 sequences.
+MAX_GPUS = 16
+MAX_GPU_MEM_MIB = 1024 * 1024
+MAX_CONCURRENCY = 4096
+
+
+def _positive_int(name: str, value, allowed: str, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise PlanError(f"{name} {value!r} is not a whole number; expected {allowed}")
     text = str(value).strip()
@@ -85,6 +94,8 @@ def _positive_int(name: str, value, allowed: str) -> int:
     number = int(text)
     if number <= 0:
         raise PlanError(f"{name} {number} is not positive; expected {allowed}")
+    if maximum is not None and number > maximum:
+        raise PlanError(f"{name} {number} is above {maximum}, the most the planner accepts; expected {allowed}")
     return number
 
 
@@ -123,12 +134,18 @@ def validate(request: PlanRequest, entry: dict, serving: dict) -> _Inputs:
             f"--format {request.fmt}: model {request.model} has no {request.fmt} checkpoint in the catalog; "
             f"expected one of: {', '.join(entry['formats'])}"
         )
-    gpus = _positive_int("--gpus", request.gpus, "a GPU count of 1 or more")
-    memory = _positive_int("--gpu-mem-mib", request.gpu_mem_mib, "the memory of one GPU in MiB, e.g. 23034 for an L4")
+    gpus = _positive_int("--gpus", request.gpus, f"the GPUs of one host, 1 to {MAX_GPUS}", MAX_GPUS)
+    memory = _positive_int(
+        "--gpu-mem-mib",
+        request.gpu_mem_mib,
+        f"the memory of one GPU in MiB, e.g. 23034 for an L4 (at most {MAX_GPU_MEM_MIB})",
+        MAX_GPU_MEM_MIB,
+    )
     concurrency = _positive_int(
         "--concurrency",
         defaults["concurrency"] if request.concurrency is None else request.concurrency,
-        "1 or more full-length sequences",
+        f"1 to {MAX_CONCURRENCY} full-length sequences",
+        MAX_CONCURRENCY,
     )
     context = arch["max_context"]
     max_len = _positive_int(

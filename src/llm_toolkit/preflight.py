@@ -215,6 +215,12 @@ def _gpu_usable(report: Report, gpu: dict, settings: dict, gates: dict) -> bool:
             "the driver was upgraded without a reboot (user-space library and kernel module differ): reboot, and "
             "keep nvidia packages out of unattended-upgrades"
         )
+    elif state == "timed-out":
+        measured = f"nvidia-smi hangs: {gpu.get('error')}"
+        fix = (
+            "the GPU or its driver is wedged: look for Xid errors (dmesg | grep -i xid), then reset the GPU "
+            "(nvidia-smi -r) or reboot the host"
+        )
     else:
         measured = f"nvidia-smi state {state}: {gpu.get('error')}"
         fix = "check the driver with nvidia-smi and dmesg | grep -i nvrm"

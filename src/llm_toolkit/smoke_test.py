@@ -25,7 +25,8 @@ import re
 import sys
 import time
 
-import requests
+from llm_toolkit.cli import OneLineParser, positive_seconds
+from llm_toolkit.deadline import HttpFailure, post_json
 
 PROMPT = "Ciao, come posso aiutarti?"
 MAX_TOKENS = 64
@@ -151,39 +152,37 @@ def evaluate(answer: str, latency: float, max_latency: float | None) -> list[dic
 
 
 def ask(args: argparse.Namespace, api_key: str) -> tuple[str, float]:
+    """The answer and its latency; --timeout bounds the whole request (connect, headers and body)."""
     url, body = request_for(args.api, args.base_url, args.model)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     started = time.monotonic()
     try:
-        response = requests.post(url, json=body, headers=headers, timeout=args.timeout)
-    except requests.RequestException as error:
-        raise SmokeError(f"{url} is unreachable: {error.__class__.__name__}: {error}") from error
+        with post_json(url, body, headers, args.timeout) as response:
+            if response.status != 200:
+                raise SmokeError(f"{url} answered HTTP {response.status}: {response.text()}")
+            payload = response.json()
+    except HttpFailure as error:
+        raise SmokeError(str(error)) from None
     latency = time.monotonic() - started
-    if response.status_code != 200:
-        raise SmokeError(f"{url} answered HTTP {response.status_code}: {response.text.strip()[:200]}")
-    try:
-        payload = response.json()
-    except ValueError as error:
-        raise SmokeError(f"{url} answered HTTP 200 without JSON: {response.text[:200]}") from error
     return answer_of(args.api, payload), latency
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="scripts/smoke_test.py", name="smoke test", description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000 or http://127.0.0.1:11434")
     parser.add_argument("--api", required=True, choices=["openai", "ollama"])
     parser.add_argument("--model", required=True, help="served model name (vLLM) or tag / alias (Ollama)")
     key = parser.add_mutually_exclusive_group()
     key.add_argument("--api-key-env", default="", help="environment variable holding the API key")
     key.add_argument("--api-key-stdin", action="store_true", help="read the API key from standard input")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
-    parser.add_argument("--max-latency", type=float, default=None, help="fail when the answer takes longer")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=120.0, help="seconds the whole request may take (a deadline)"
+    )
+    parser.add_argument("--max-latency", type=positive_seconds, default=None, help="fail when the answer takes longer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if not re.match(r"^https?://[^\s/]+", args.base_url):
         parser.error(f"--base-url {args.base_url!r} is not an http(s) URL")
-    if args.timeout <= 0 or (args.max_latency is not None and args.max_latency <= 0):
-        parser.error("--timeout and --max-latency must be positive")
     if args.api_key_env and args.api_key_env not in os.environ:
         parser.error(f"--api-key-env {args.api_key_env}: no such environment variable")
     return args

@@ -5,12 +5,12 @@
 It runs `pytest tests/verify --hosts=ansible://PATTERN --ansible-inventory=PATH` and reads its
 JUnit report. Exit status: 0 every check passed (checks for a phase not deployed on a host are
 skipped, with their reason); 1 a check failed; 2 the verifiers could not run (no such inventory,
-no host matched, pytest could not start).
+no host matched, a host did not answer over its connection, pytest could not start, --output
+into a directory that does not exist).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -19,6 +19,12 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from llm_toolkit.cli import OneLineParser, output_problem
+
+# What tests/verify/conftest.py fails every check of a host with when the host does not answer:
+# such a host was not verified (exit 2), not verified and found failing (exit 1).
+UNREACHABLE = "host unreachable:"
 
 # Test ids: check[ansible://HOST] or, for checks per backend, check[backend=NAME-ansible://HOST].
 CASE = re.compile(
@@ -43,7 +49,11 @@ def summarise(junit_xml: str) -> dict:
         skipped = case.find("skipped")
         if failure is not None:
             message = (failure.get("message") or failure.text or "").strip().splitlines()
-            entry["failed"].append({"check": check, "message": message[0][:300] if message else ""})
+            first = message[0][:300] if message else ""
+            if UNREACHABLE in first:
+                entry["unreachable"] = first[first.index(UNREACHABLE) + len(UNREACHABLE) :].strip().rstrip('"')
+                continue
+            entry["failed"].append({"check": check, "message": first})
         elif skipped is not None:
             reason = (skipped.get("message") or "").removeprefix("Skipped: ")
             entry["skipped"].append({"check": check, "reason": reason})
@@ -56,6 +66,8 @@ def host_lines(entry: dict | None, skipped: bool = True) -> list[str]:
     """One host's summary as lines: the verdict with its counts, then each failed (and skipped) check."""
     if entry is None:
         return ["not verified: the verifiers did not report this host"]
+    if entry.get("unreachable"):
+        return [f"not verified: the host did not answer: {entry['unreachable']}"]
     verdict = "FAILED" if entry["failed"] else "ok"
     counts = f"{len(entry['passed'])} passed, {len(entry['failed'])} failed, {len(entry['skipped'])} skipped"
     lines = [f"{verdict} ({counts})"]
@@ -66,6 +78,8 @@ def host_lines(entry: dict | None, skipped: bool = True) -> list[str]:
 
 
 def exit_code(pytest_rc: int, hosts: dict) -> int:
+    if any(entry.get("unreachable") for entry in hosts.values()):
+        return 2
     if pytest_rc == 0 and hosts:
         return 0
     if pytest_rc == 1 and hosts:
@@ -100,7 +114,7 @@ def run(inventory: str, pattern: str, repo: Path) -> tuple[int, dict, str]:
 def main(argv: list[str] | None = None, repo: Path | None = None) -> int:
     """repo: the toolkit's checkout, whose tests/verify holds the verifiers (default: the current directory)."""
     repo = repo or Path.cwd()
-    parser = argparse.ArgumentParser(prog="scripts/verify.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="scripts/verify.py", name="verify", description=__doc__.splitlines()[0])
     parser.add_argument("--inventory", default=str(repo / "inventory" / "lab"), help="default: inventory/lab")
     parser.add_argument("--hosts", default="llm_servers", help="an Ansible host pattern (default: llm_servers)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -111,6 +125,10 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> int:
         return 2
     if not Path(args.inventory).exists():
         print(f"verify: inventory {args.inventory} does not exist; fix: pass --inventory", file=sys.stderr)
+        return 2
+    problem = output_problem(args.output, "--output")
+    if problem:
+        print(f"verify: {problem}", file=sys.stderr)
         return 2
     pytest_rc, hosts, output = run(args.inventory, args.hosts, repo)
     status = exit_code(pytest_rc, hosts)
@@ -125,7 +143,10 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> int:
             print(f"{host}: {first}")
             for line in details:
                 print(f"  {line}")
-    if status == 2:
+    unreachable = [host for host, entry in hosts.items() if entry.get("unreachable")]
+    if unreachable:
+        print(f"verify: could not verify {', '.join(unreachable)}: the host did not answer", file=sys.stderr)
+    elif status == 2:
         tail = "\n".join(output.strip().splitlines()[-5:])
         print(
             f"verify: the verifiers could not run against {args.hosts} (pytest exit {pytest_rc}):\n{tail}",

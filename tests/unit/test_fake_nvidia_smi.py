@@ -9,7 +9,9 @@ import pytest
 from tests.standins.nvidia_smi.fake_nvidia_smi import PROFILES, run
 
 ALL_PROFILES = sorted(json.loads(PROFILES.read_text()))
-GPU_PROFILES = [name for name in ALL_PROFILES if "error" not in json.loads(PROFILES.read_text())[name]]
+GPU_PROFILES = [
+    name for name, profile in json.loads(PROFILES.read_text()).items() if not {"error", "hang"} & set(profile)
+]
 QUERY = ["--query-gpu=index,name,uuid,memory.total,memory.used,driver_version", "--format=csv,noheader,nounits"]
 REQUIRED_BY_ISSUE = [
     "driver-broken",
@@ -162,3 +164,12 @@ def test_executable_reads_the_profile_from_the_environment():
     )
     assert result.returncode == 0
     assert result.stdout.splitlines() == ["8"] * 8
+
+
+def test_the_hung_profile_blocks_without_output_like_a_wedged_driver():
+    script = PROFILES.with_name("nvidia-smi")
+    with pytest.raises(subprocess.TimeoutExpired) as hung:
+        subprocess.run(
+            [str(script), "-L"], env={"LAB_GPU_PROFILE": "gpu-hung"}, capture_output=True, timeout=2, check=False
+        )
+    assert not hung.value.stdout

@@ -17,6 +17,7 @@ from llm_toolkit.host.llm_gpu import (
     parse_gpus,
     parse_kernel_module_version,
     parse_nvcc,
+    run_bounded,
     version_tuple,
 )
 
@@ -230,3 +231,25 @@ def test_processes_holding_gpu_memory_get_user_executable_and_unit_but_never_the
     ]
     assert "other-users-secret" not in json.dumps(facts)
     assert facts["gpus"][0]["memory_used_mib"] == 8192
+
+
+def test_a_hung_nvidia_smi_is_killed_at_the_time_limit_and_reported_once():
+    # The stand-in's gpu-hung profile never returns, like nvidia-smi in a wedged driver: without the
+    # time limit collect() would never return (the test run's own limit would end it).
+    script = str(Path(__file__).resolve().parents[1] / "standins" / "nvidia_smi" / "nvidia-smi")
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return run_bounded([script, *argv[1:]], 1, {"LAB_GPU_PROFILE": "gpu-hung", "PATH": "/usr/bin:/bin"})
+
+    facts = collect(run, FakeFiles(), script)
+    assert facts["state"] == "timed-out"
+    assert "did not finish within 1 s (killed)" in facts["error"]
+    assert facts["error"].startswith("`nvidia-smi --query-gpu=")
+    assert len(calls) == 1, "no further nvidia-smi call after one timed out"
+
+
+def test_a_command_that_finishes_in_time_gives_its_output():
+    assert run_bounded(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], 30) == (3, "out\n", "err\n")
+    assert run_bounded(["/nonexistent/nvidia-smi"], 30)[0] == 127

@@ -234,7 +234,12 @@ def test_unknown_gpu_skips_compute_capability_gates_and_lets_vllm_pick_the_dtype
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"gpus": 0}, "--gpus 0 is not positive; expected a GPU count of 1 or more"),
+        ({"gpus": 0}, "--gpus 0 is not positive; expected the GPUs of one host, 1 to 16"),
+        ({"gpus": 100000000}, "--gpus 100000000 is above 16, the most the planner accepts"),
+        ({"gpus": 17}, "--gpus 17 is above 16"),
+        ({"gpu_mem_mib": 10**7}, "--gpu-mem-mib 10000000 is above 1048576"),
+        ({"concurrency": 100000}, "--concurrency 100000 is above 4096"),
+        ({"gpu_memory_utilization": "nan"}, "--gpu-memory-utilization nan is outside (0, 1]"),
         ({"gpus": "two"}, "--gpus 'two' is not a whole number"),
         ({"gpu_mem_mib": -5}, "--gpu-mem-mib -5 is not positive"),
         ({"gpu_memory_utilization": 0}, "--gpu-memory-utilization 0.0 is outside (0, 1]"),

@@ -287,3 +287,13 @@ def test_max_cuda_for_a_driver_follows_the_table():
     assert max_cuda_for_driver("550.54.15", GATES["cuda_min_driver"]) == "12.4"
     assert max_cuda_for_driver("470.256.02", GATES["cuda_min_driver"]) is None
     assert max_cuda_for_driver("590.44.01", GATES["cuda_min_driver"]) == "13.1"
+
+
+def test_a_hung_nvidia_smi_fails_the_gpu_check_in_one_line_with_the_fix():
+    gpu = gpu_facts("driver-broken")
+    gpu["state"], gpu["error"] = "timed-out", "`nvidia-smi --query-gpu=index`: nvidia-smi did not finish within 60 s"
+    failure = check(report(gpu), "NVIDIA GPU and driver")
+    assert not failure["ok"]
+    assert failure["measured"].startswith("nvidia-smi hangs: `nvidia-smi --query-gpu=index`")
+    assert "Xid" in failure["fix"] and "reboot" in failure["fix"]
+    assert "\n" not in failure["measured"] + failure["fix"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from llm_toolkit import smoke_test
+from tests.unit.http_faults import FaultServer
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "smoke_test.py"
@@ -129,7 +130,7 @@ def test_an_unreachable_service_exits_2():
         port = probe.getsockname()[1]
     result = smoke("--base-url", f"http://127.0.0.1:{port}", "--api", "ollama", "--model", "m", "--timeout", "5")
     assert result.returncode == 2
-    assert "is unreachable: ConnectionError" in result.stderr
+    assert "is unreachable: ConnectionRefusedError" in result.stderr
 
 
 def test_the_api_key_comes_from_the_environment_or_stdin_never_argv(server):
@@ -193,3 +194,29 @@ def test_answers_are_read_from_either_api_shape():
         smoke_test.answer_of("openai", {"error": "x"})
     url, _ = smoke_test.request_for("openai", "http://h:8000/v1/", "m")
     assert url == "http://h:8000/v1/chat/completions"
+
+
+@pytest.mark.parametrize("mode", ["drip-headers", "drip-body"])
+def test_the_timeout_is_a_deadline_for_the_whole_request_not_per_read(mode):
+    # The server sends a byte every 0.1 s: a per-read timeout never fires, so without a deadline
+    # for the whole request the smoke test would wait forever (the subprocess limit ends the test).
+    with FaultServer().serve(mode) as slow:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--base-url", slow.url, "--api", "openai", "--model", "m", "--timeout", "1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert "within 1 s (the request's deadline)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_a_body_cut_short_is_an_answer_that_broke_off_not_an_unreachable_service():
+    with FaultServer().serve("truncated", b'{"choices": [') as cut:
+        result = smoke("--base-url", cut.url, "--api", "openai", "--model", "m", "--timeout", "10")
+    assert result.returncode == 2
+    assert "answered HTTP 200, then its body broke off after 13 bytes" in result.stderr
+    assert "unreachable" not in result.stderr

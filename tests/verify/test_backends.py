@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from tests.verify.verify_helpers import setting, vllm_api_key
+from tests.verify.verify_helpers import VLLM_ENV, api_get_command, key_to_stdout, setting
 
 LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 HARDENING = {
@@ -71,9 +71,14 @@ def test_the_unit_keeps_its_hardening(host, backend):
 
 
 def api_get(host, backend, path: str) -> dict:
-    key = vllm_api_key(host) if backend["backend"] == "vllm" else ""
-    header = f"-H {shlex.quote('Authorization: Bearer ' + key)}" if key else ""
-    result = host.run(f"curl -sf --max-time 30 {header} {shlex.quote(backend['base_url'] + path)}")
+    # The key goes from vLLM's root-only file to curl's standard input: never on a command line.
+    keyed = backend["backend"] == "vllm" and backend["auth"] and host.file(VLLM_ENV).exists
+    command = api_get_command(backend["base_url"] + path, VLLM_ENV if keyed else None)
+    if keyed:
+        with host.sudo():  # the file is root's alone
+            result = host.run(command)
+    else:
+        result = host.run(command)
     assert result.rc == 0, f"{backend['base_url']}{path} did not answer (curl exit {result.rc})"
     return json.loads(result.stdout)
 
@@ -93,11 +98,7 @@ def test_the_italian_smoke_test_passes(host, backend):
     if host.run(f"{venv}/bin/python -c 'import llm_toolkit.smoke_test'").rc != 0:
         pytest.skip(f"the smoke stage has not run on this host (no llm_toolkit in {venv})")
     # The key goes from vLLM's own root-only file to the test's standard input: never on a command line.
-    key_source = (
-        "sed -n 's/^VLLM_API_KEY=//p' /etc/vllm/vllm.env | "
-        if backend["auth"] and host.file("/etc/vllm/vllm.env").exists
-        else ""
-    )
+    key_source = f"{key_to_stdout()} | " if backend["auth"] and host.file(VLLM_ENV).exists else ""
     command = (
         f"{key_source}{venv}/bin/python -m llm_toolkit.smoke_test --base-url {shlex.quote(backend['base_url'])} "
         f"--api {backend['api']} --model {shlex.quote(backend['model'])} --json"

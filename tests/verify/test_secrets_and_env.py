@@ -5,7 +5,7 @@ import io
 import pytest
 from dotenv import dotenv_values
 
-from tests.verify.verify_helpers import local_fact, setting, vllm_api_key
+from tests.verify.verify_helpers import PROCESS_LISTING, local_fact, processes_holding, setting, vllm_api_key
 
 SECRET_KEYS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
@@ -33,9 +33,9 @@ def test_no_secret_is_on_any_process_command_line(host):
     if not secrets:
         pytest.skip("no API key or token is configured on this host")
     with host.sudo():
-        cmdlines = host.run("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null").stdout
-    leaking = [line.strip()[:60] for line in cmdlines.splitlines() if any(secret in line for secret in secrets)]
-    assert not leaking, f"a secret is on the command line of {len(leaking)} process(es), starting: {leaking}"
+        listing = host.run(PROCESS_LISTING).stdout
+    leaking = processes_holding(listing, secrets)
+    assert not leaking, f"a secret is on the command line of {len(leaking)} process(es): {', '.join(leaking)}"
 
 
 def test_the_env_file_is_private_and_owned_as_configured(host, app_env):

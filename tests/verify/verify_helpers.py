@@ -1,6 +1,7 @@
 """Helpers of the host verifiers: the shared settings as a host sees them, and what the roles recorded on it."""
 
 import json
+import shlex
 from pathlib import Path
 
 import yaml
@@ -12,6 +13,13 @@ REPO = Path(__file__).resolve().parents[2]
 # The settings every role shares (roles/llm_defaults), before the inventory overrides them.
 SHARED = yaml.safe_load((REPO / "roles" / "llm_defaults" / "defaults" / "main.yml").read_text())
 BACKENDS = ["vllm", "ollama"]
+# vLLM's key lives here, readable by root alone (roles/vllm); the verifiers read it on the host.
+VLLM_ENV = "/etc/vllm/vllm.env"
+# Every process as "PID<TAB>executable<TAB>command line" (run with sudo to see them all).
+PROCESS_LISTING = (
+    'for d in /proc/[0-9]*; do printf \'%s\\t%s\\t\' "${d#/proc/}" "$(readlink "$d/exe")"; '
+    "tr '\\0' ' ' < \"$d/cmdline\"; echo; done 2>/dev/null"
+)
 
 
 def setting(host, name: str):
@@ -47,3 +55,30 @@ def apt_list(dump: str, key: str) -> list[str]:
     """The entries of an apt configuration list, from `apt-config dump` output."""
     prefix = f"{key}:: "
     return [line[len(prefix) :].rstrip(";").strip('"') for line in dump.splitlines() if line.startswith(prefix)]
+
+
+def key_to_stdout(env_file: str = VLLM_ENV) -> str:
+    """A shell command that prints vLLM's key from its file, to be piped into the command that needs
+    it: the key travels through a pipe on the host, never on a command line (ssh's, sudo's or curl's)."""
+    return f"sed -n 's/^VLLM_API_KEY=//p' {shlex.quote(env_file)}"
+
+
+def api_get_command(url: str, env_file: str | None = None) -> str:
+    """curl for url; with env_file, the Authorization header is made from the key in that file on the
+    host and handed to curl on its standard input (-H @-)."""
+    curl = f"curl -sf --max-time 30 {shlex.quote(url)}"
+    if not env_file:
+        return curl
+    return f"{key_to_stdout(env_file)} | sed 's/^/Authorization: Bearer /' | {curl} -H @-"
+
+
+def processes_holding(listing: str, secrets: set[str]) -> list[str]:
+    """'PID N (executable)' for each process of a PROCESS_LISTING whose command line holds a secret:
+    the command line itself is never repeated (it holds the secret)."""
+    found = []
+    for line in listing.splitlines():
+        pid, _, rest = line.partition("\t")
+        executable, _, cmdline = rest.partition("\t")
+        if any(secret in cmdline for secret in secrets):
+            found.append(f"PID {pid} ({executable or 'executable unknown'})")
+    return found

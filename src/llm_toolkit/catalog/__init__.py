@@ -126,23 +126,42 @@ def entry_from_config_json(path: Path, float16_unsupported_types: list[str]) -> 
         raise PlanError(
             f"--config-json {path}: cannot read it as JSON ({error}); expected a model's config.json"
         ) from None
+    if not isinstance(config, dict):
+        raise PlanError(
+            f"--config-json {path}: it holds a JSON {type(config).__name__}; expected a model's config.json"
+        )
     quant = config.get("quantization_config") or {}
     config = config.get("text_config", config)
+    if not isinstance(quant, dict) or not isinstance(config, dict):
+        raise PlanError(f"--config-json {path}: quantization_config or text_config is not an object")
+
+    def count(key: str, value) -> int:
+        """A positive whole number from the config (sizes, counts), else a one-line PlanError."""
+        text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+        if not text.isdigit() or int(text) <= 0:
+            raise PlanError(f"--config-json {path}: {key} is {value!r}; expected a positive whole number")
+        return int(text)
+
     arch = {}
     for name, keys in ARCHITECTURE_FROM_CONFIG.items():
-        values = [config[key] for key in keys if key in config]
+        values = [(key, config[key]) for key in keys if key in config]
         if not values:
             raise PlanError(f"--config-json {path}: no {keys[0]!r}; expected a Hugging Face config.json")
-        arch[name] = int(values[0])
-    arch["num_kv_heads"] = int(config.get("num_key_value_heads") or arch["num_attention_heads"])
-    arch["head_dim"] = int(config.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"])
-    arch["num_experts"] = int(config.get("num_local_experts") or config.get("num_experts") or 1)
-    arch["experts_per_token"] = int(config.get("num_experts_per_tok") or 1)
+        arch[name] = count(*values[0])
+    optional = {
+        "num_kv_heads": ("num_key_value_heads", arch["num_attention_heads"]),
+        "head_dim": ("head_dim", arch["hidden_size"] // arch["num_attention_heads"]),
+        "num_experts": ("num_local_experts", config.get("num_experts") or 1),
+        "experts_per_token": ("num_experts_per_tok", 1),
+    }
+    for name, (key, default) in optional.items():
+        arch[name] = count(key, config.get(key) or default)
     arch["tie_word_embeddings"] = bool(config.get("tie_word_embeddings", False))
     method = str(quant.get("quant_method", "")).lower()
     fmt = method if method in FORMATS else "fp16"
     files = [p for p in path.parent.iterdir() if p.suffix in (".safetensors", ".bin")]
-    group = int(quant.get("group_size") or 128)
+    group = quant.get("group_size") or 128
+    group = count("quantization_config.group_size", group) if group != -1 else 128  # -1: one group per row
     weights = sum(p.stat().st_size for p in files) if files else estimate_weights_bytes(arch, fmt, group)
     fmt_entry = {"repo": str(path.parent), "gated": False, "weights_gb": round(weights / 1e9, 3), "group_size": group}
     if not files:

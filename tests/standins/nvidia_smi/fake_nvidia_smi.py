@@ -9,7 +9,8 @@ tool prints for the subset the toolkit uses (formats: docs/gpu-and-drivers.md, s
   nvidia-smi -L | -q | --version
 
 The profile comes from $LAB_GPU_PROFILE or /etc/lab-gpu-profile; profiles are in
-profiles.json beside this file.
+profiles.json beside this file. A profile with "hang" blocks forever without output, as the real
+tool does in a wedged driver (the fault the callers' time limits are tested against).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -227,6 +229,8 @@ def run(argv: list[str], profile_name: str, profiles_path: Path = PROFILES) -> t
         profile = load_profile(profile_name, profiles_path)
     except KeyError:
         return f"lab stand-in: unknown GPU profile {profile_name!r}\n", 255
+    if profile.get("hang"):
+        threading.Event().wait()  # like nvidia-smi stuck in a wedged driver: no output, no exit
     if "error" in profile:
         return profile["error"] + "\n", profile["exit_code"]
     options = parse_options(argv)

@@ -41,7 +41,11 @@ def test_requests_must_name_a_repo_and_a_pinned_revision():
     assert "not a commit" in check_request("o/n", "../../etc")
 
 
-@pytest.mark.parametrize("revision", ["main", "v1.0", "a" * 39, "A" * 40, "a" * 41, "g" * 40, "a" * 40 + "\n"])
+@pytest.mark.parametrize(
+    "revision",
+    ["main", "v1.0", "a" * 39, "A" * 40, "a" * 41, "g" * 40, "a" * 40 + "\n"],
+    ids=["branch", "tag", "short", "uppercase", "long", "not-hex", "trailing-newline"],
+)
 def test_a_branch_tag_or_short_id_is_refused_for_the_commit_shown_on_the_model_page(revision):
     problem = check_request("o/n", revision)
     assert problem.startswith(f"revision {revision!r} is not a commit id; expected the 40 lowercase hex digits")
@@ -155,6 +159,7 @@ RESOLVE = f"{HUB}/o/n/resolve/c/w"
         ("http://127.0.0.1:1", "http://127.0.0.1:1/r", "http://127.0.0.1:2/x", True, ("http://127.0.0.1:2/x", False)),
         ("http://127.0.0.1:1", "http://127.0.0.1:1/r", "http://localhost:1/x", True, ("http://localhost:1/x", False)),
     ],
+    ids=["renamed-repo", "cdn", "other-port", "same-origin", "once-dropped", "loopback-port", "loopback-host"],
 )
 def test_the_token_follows_a_redirect_only_within_the_endpoint_origin(
     endpoint, current, location, authorized, expected
@@ -162,7 +167,9 @@ def test_the_token_follows_a_redirect_only_within_the_endpoint_origin(
     assert follow_redirect(current, location, endpoint, authorized) == expected
 
 
-@pytest.mark.parametrize("location", ["http://huggingface.co/x", "file:///etc/passwd", "ftp://x/y"])
+@pytest.mark.parametrize(
+    "location", ["http://huggingface.co/x", "file:///etc/passwd", "ftp://x/y"], ids=["http", "file", "ftp"]
+)
 def test_a_redirect_from_https_to_http_or_another_scheme_is_refused(location):
     with pytest.raises(HubError, match="refused"):
         follow_redirect("https://huggingface.co/o/n/resolve/c/w", location, "https://huggingface.co", True)

@@ -1,16 +1,21 @@
 """Pure helpers for downloading a model snapshot from the Hugging Face Hub's HTTP API.
 
-The hf_snapshot module does the I/O; what to fetch, how to read an answer, and what to tell
-the operator is decided here, so it is unit-tested without a network. Endpoints (the ones
-huggingface_hub itself uses): GET {endpoint}/api/models/{repo}/revision/{revision}?blobs=true
-for the commit and the file list, GET {endpoint}/{repo}/resolve/{commit}/{file} for each file.
+The hf_snapshot module does the I/O; what to fetch, how to read an answer, where a redirect
+may take the token, how a file is checked and what to tell the operator is decided here, so
+it is unit-tested without a network. Endpoints (the ones huggingface_hub itself uses):
+GET {endpoint}/api/models/{repo}/revision/{revision}?blobs=true for the commit and the file
+list with each file's size, git blob id and (LFS files) sha256, and
+GET {endpoint}/{repo}/resolve/{commit}/{file} for each file (LFS files answer with a redirect
+to a CDN on another host). docs/security.md, section 4, has the sources.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
+from urllib.parse import urljoin, urlsplit
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -31,23 +36,33 @@ class HubError(Exception):
 
 def check_request(repo: str, revision: str) -> str | None:
     """Why a repo/revision pair cannot be asked for, or None."""
-    if not REPO.match(repo or ""):
+    if not REPO.fullmatch(repo or ""):
         return f"repo {repo!r} is not an owner/name Hugging Face id"
     if not revision:
         return "no revision: pin a commit so that every host gets the same files"
-    if ".." in revision or re.search(r"\s", revision):
-        return f"revision {revision!r} is not a commit, tag or branch name"
+    if not COMMIT.fullmatch(revision):
+        return (
+            f"revision {revision!r} is not a commit id; expected the 40 lowercase hex digits of a commit (a branch or "
+            "tag can move, so hosts would get different files); fix: pin the commit shown on the model page "
+            "(Files and versions, History)"
+        )
     return None
 
 
-def classify(status: int, repo: str, revision: str, body: str = "", with_token: bool = False) -> HubError:
+def redact(text: str, token: str) -> str:
+    """text without the token (an error body may echo what the request carried)."""
+    return text.replace(token, "<token>") if token else text
+
+
+def classify(status: int, repo: str, revision: str, body: str = "", token: str = "") -> HubError:
     """The operator's message for an HTTP error of the Hub, and whether a retry can help."""
+    with_token = bool(token)
     try:
         parsed = json.loads(body or "")
         body = str(parsed.get("error", body)) if isinstance(parsed, dict) else body
     except ValueError:
         pass
-    detail = re.sub(r"\s+", " ", body or "").strip()[:200]
+    detail = re.sub(r"\s+", " ", redact(body or "", token)).strip()[:200]
     where = f"{repo}@{revision}"
     if status == 401:
         cause = "the token was refused or lacks access" if with_token else "no token was sent"
@@ -76,8 +91,26 @@ def classify(status: int, repo: str, revision: str, body: str = "", with_token: 
     return HubError(f"{where}: unexpected HTTP {status} ({detail})", status)
 
 
+def _expected(sibling: dict, name: str) -> dict:
+    """size and digest of a listed file: LFS files by the sha256 of their content, the others by their git blob id."""
+    lfs = sibling.get("lfs") if isinstance(sibling.get("lfs"), dict) else None
+    size = sibling.get("size")
+    if lfs is not None:
+        size, sha256 = lfs.get("size", size), str(lfs.get("sha256", "")).lower()
+        if re.fullmatch(r"[0-9a-f]{64}", sha256) and isinstance(size, int) and size >= 0:
+            return {"name": name, "size": size, "sha256": sha256}
+    else:
+        blob_id = str(sibling.get("blobId", "")).lower()
+        if re.fullmatch(r"[0-9a-f]{40}", blob_id) and isinstance(size, int) and size >= 0:
+            return {"name": name, "size": size, "blob_id": blob_id}
+    raise HubError(
+        f"the Hub listed no size and checksum for {name!r} (expected siblings[].blobId, or siblings[].lfs.sha256 for "
+        "an LFS file, from ?blobs=true); fix: use the Hub or a mirror that serves the files' metadata"
+    )
+
+
 def files_to_fetch(info: dict, patterns: list[str] | None = None) -> list[dict]:
-    """[{name, size}] of the snapshot's files that a model directory needs."""
+    """[{name, size, sha256 or blob_id}] of the snapshot's files that a model directory needs."""
     patterns = patterns or DEFAULT_PATTERNS
     chosen = []
     for sibling in info.get("siblings") or []:
@@ -85,18 +118,63 @@ def files_to_fetch(info: dict, patterns: list[str] | None = None) -> list[dict]:
         if not name or name.startswith("/") or ".." in name.split("/"):
             raise HubError(f"the Hub listed an unsafe file name {name!r}")
         if any(fnmatch.fnmatch(name.rsplit("/", 1)[-1], pattern) for pattern in patterns):
-            size = sibling.get("size")
-            if size is None and isinstance(sibling.get("lfs"), dict):
-                size = sibling["lfs"].get("size")
-            chosen.append({"name": name, "size": int(size) if size is not None else None})
+            chosen.append(_expected(sibling, name))
     if not any(item["name"].endswith("config.json") for item in chosen):
         raise HubError("the snapshot has no config.json: not a model vLLM can serve")
     return chosen
 
 
+def hasher(item: dict):
+    """A hash object primed to check item's content: sha256 for an LFS file, else git's blob sha1."""
+    if "sha256" in item:
+        return hashlib.sha256()
+    digest = hashlib.sha1(usedforsecurity=False)
+    digest.update(f"blob {item['size']}\0".encode())
+    return digest
+
+
+def check_file(item: dict, written: int, digest: str) -> None:
+    """Refuse a downloaded file whose size or checksum is not the one the Hub listed."""
+    if written != item["size"]:
+        raise HubError(f"{item['name']} has {written} bytes; the Hub listed {item['size']}")
+    kind, expected = ("sha256", item["sha256"]) if "sha256" in item else ("git blob id", item["blob_id"])
+    if digest != expected:
+        raise HubError(
+            f"{item['name']}: {kind} {digest} differs from the {expected} the Hub listed (a corrupted or tampered "
+            "download); nothing was replaced; fix: run again, and check any proxy or mirror between host and Hub"
+        )
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, the default port filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme, 0)
+
+
+def follow_redirect(current: str, location: str, endpoint: str, authorized: bool) -> tuple[str, bool]:
+    """(next URL, whether it may carry the token) for a redirect answered to current.
+
+    The token goes only to the configured endpoint's origin (scheme, host and port), and never again once a
+    redirect has left it: the Hub sends LFS files to a CDN with a signed URL that needs no token. A redirect
+    from https to http (or to anything but http and https) is refused: the download would travel in clear.
+    """
+    target = urljoin(current, location.strip())
+    scheme = urlsplit(target).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise HubError(f"the Hub redirected {urlsplit(current).path} to a {scheme or 'relative'} URL; refused")
+    if urlsplit(current).scheme.lower() == "https" and scheme == "http":
+        host = urlsplit(target).hostname
+        raise HubError(
+            f"the Hub redirected {urlsplit(current).path} from https to http ({host}); refused: the file would travel "
+            "unencrypted and unauthenticated; fix: use an https endpoint whose redirects stay on https"
+        )
+    return target, authorized and origin(target) == origin(endpoint)
+
+
 def commit_of(info: dict) -> str:
     commit = str(info.get("sha", ""))
-    if not COMMIT.match(commit):
+    if not COMMIT.fullmatch(commit):
         raise HubError(f"the Hub answered no commit for this revision ({commit!r})")
     return commit
 

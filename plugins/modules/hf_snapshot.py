@@ -7,22 +7,26 @@ DOCUMENTATION = r"""
 module: hf_snapshot
 short_description: Download a pinned Hugging Face model snapshot into a directory, atomically
 description:
-  - Asks the Hub for the commit and files of O(repo) at O(revision), downloads the files a model directory
-    needs into a staging directory beside O(dest), checks their sizes, and only then moves it into place;
-    a failed download leaves the previous snapshot where it was.
-  - Nothing is downloaded when O(dest) already holds that commit.
-  - The token is the O(token) argument (declared C(no_log), so Ansible hides it; module arguments travel
-    inside the module's payload, never on a command line or in the process's environment), else the
-    environment variable C(HF_TOKEN) of the module's process.
-  - HTTP 429 and 5xx answers and network errors are retried with backoff; 401, 403 and 404 fail at once with
-    a message that tells them apart.
+  - Asks the Hub for the files of O(repo) at the commit O(revision) with their metadata (C(?blobs=true)), downloads
+    the files a model directory needs into a staging directory beside O(dest), checks each one against the size and
+    checksum the Hub listed (the sha256 of an LFS file, the git blob id of any other), and only then moves the
+    directory into place; a failed or refused download leaves the previous snapshot where it was and no staging
+    directory behind.
+  - Nothing is asked of the Hub when O(dest) already holds that commit complete (its marker and the files' sizes),
+    so a rerun works while the Hub is unreachable.
+  - The token is the O(token) argument only (declared C(no_log), so Ansible hides it; module arguments travel
+    inside the module's payload, never on a command line or in the process's environment). It is sent only to the
+    origin (scheme, host, port) of O(endpoint); a redirect to another origin (the Hub sends LFS files to a CDN) is
+    followed without it, and a redirect from https to http is refused.
+  - HTTP 429 and 5xx answers, network errors and bodies cut short are retried with backoff; 401, 403 and 404 fail
+    at once with a message that tells them apart; a checksum mismatch fails at once.
 options:
   repo:
     description: Repository id, C(owner/name).
     type: str
     required: true
   revision:
-    description: Commit (recommended), tag or branch.
+    description: The commit, 40 lowercase hex digits (a branch or tag can move, so it is refused).
     type: str
     required: true
   dest:
@@ -97,6 +101,7 @@ import os
 import pwd
 import shutil
 import time
+from http.client import HTTPException
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 
@@ -104,104 +109,159 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llm_hf import (
     HubError,
     backoff,
+    check_file,
     check_request,
     classify,
     commit_of,
     files_to_fetch,
+    follow_redirect,
+    hasher,
+    redact,
     total_bytes,
 )
 from ansible.module_utils.urls import open_url
 
 MARKER = ".hf_snapshot.json"
+MAX_REDIRECTS = 10
 
 
 class Hub:
     def __init__(self, module):
         self.module = module
         self.params = module.params
-        self.token = module.params["token"] or os.environ.get("HF_TOKEN", "")
+        self.token = module.params["token"]
+        self.endpoint = module.params["endpoint"].rstrip("/")
         self.retries = 0
 
-    def _headers(self):
-        headers = {"User-Agent": "llm-toolkit-hf-snapshot/1"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
-
-    def request(self, url, sink=None):
-        """GET url with retries; returns the body, or streams it into sink (a file)."""
-        params = self.params
-        for attempt in range(params["retries"] + 1):
+    def _open(self, url):
+        """The response to GET url; redirects are followed here, the token only where follow_redirect allows."""
+        authorized = bool(self.token)
+        for _hop in range(MAX_REDIRECTS + 1):
+            headers = {"User-Agent": "llm-toolkit-hf-snapshot/1", "Accept-Encoding": "identity"}
+            if authorized:
+                headers["Authorization"] = f"Bearer {self.token}"
             try:
-                response = open_url(url, headers=self._headers(), timeout=params["timeout"], follow_redirects="all")
-                with response:
+                return open_url(url, headers=headers, timeout=self.params["timeout"], follow_redirects="none")
+            except HTTPError as exc:
+                location = exc.headers.get("Location") if exc.headers else None
+                if not 300 <= exc.code < 400 or not location:
+                    raise
+                exc.close()
+                url, authorized = follow_redirect(url, location, self.endpoint, authorized)
+        raise HubError(f"more than {MAX_REDIRECTS} redirects from the Hub")
+
+    def request(self, url, sink=None, item=None):
+        """GET url with retries; returns the body, or streams it into sink (a file) and checks it against item."""
+        params = self.params
+        where = f"{params['repo']}@{params['revision']}"
+        for attempt in range(params["retries"] + 1):
+            retry_after = None
+            try:
+                with self._open(url) as response:
                     if sink is None:
                         return response.read()
-                    written = 0
+                    sink.seek(0)
+                    sink.truncate()
+                    digest, written = hasher(item), 0
                     while True:
                         block = response.read(1 << 20)
                         if not block:
-                            return written
-                        sink.write(block)
+                            break
+                        try:
+                            sink.write(block)
+                        except OSError as exc:  # not the network's fault: no retry
+                            raise HubError(
+                                f"{where}: cannot write {item['name']} after {written} bytes: {exc}; fix: free disk "
+                                "or point vllm_models_dir at a larger volume"
+                            ) from exc
+                        digest.update(block)
                         written += len(block)
+                    length = response.headers.get("Content-Length")
+                    if written < item["size"] or (length and length.isdigit() and written < int(length)):
+                        raise HubError(
+                            f"{where}: {item['name']}: the transfer was cut after {written} of {item['size']} bytes",
+                            retryable=True,
+                        )
+                    check_file(item, written, digest.hexdigest())
+                    return written
             except HTTPError as exc:
                 body = exc.read().decode("utf-8", "replace") if hasattr(exc, "read") else ""
-                error = classify(exc.code, params["repo"], params["revision"], body, bool(self.token))
+                error = classify(exc.code, params["repo"], params["revision"], body, self.token)
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            except (URLError, OSError) as exc:
-                error = HubError(f"{params['repo']}@{params['revision']}: network error: {exc}", retryable=True)
-                retry_after = None
+            except HubError as exc:
+                error = exc if str(exc).startswith(where) else HubError(f"{where}: {exc}", exc.status, exc.retryable)
+            except (URLError, OSError, HTTPException) as exc:
+                # HTTPException: IncompleteRead when a chunked body ends early, BadStatusLine, ...
+                cause = f"{type(exc).__name__}: {exc}" if isinstance(exc, HTTPException) else str(exc)
+                error = HubError(f"{where}: network error: {cause}", retryable=True)
             if not error.retryable or attempt == params["retries"]:
                 if error.retryable:
                     raise HubError(f"{error} after {attempt + 1} attempts; fix: retry later, or set vllm_hf_token")
                 raise error
             self.retries += 1
-            if sink is not None:
-                sink.seek(0)
-                sink.truncate()
             time.sleep(backoff(attempt, params["backoff"], retry_after=retry_after))
         raise AssertionError("unreachable")
+
+
+def _fail(module, hub, msg, **extra):
+    """fail_json without the token, whatever an answer echoed."""
+    module.fail_json(msg=redact(msg, hub.token), attempts=hub.retries, bytes=0, changed=False, **extra)
 
 
 def _snapshot_info(module, hub):
     """(commit, files) of the revision, or fail with the Hub's answer told apart."""
     params = module.params
     revision = quote(params["revision"], safe="")
-    url = f"{params['endpoint'].rstrip('/')}/api/models/{params['repo']}/revision/{revision}?blobs=true"
+    url = f"{hub.endpoint}/api/models/{params['repo']}/revision/{revision}?blobs=true"
     try:
         info = json.loads(hub.request(url))
-        return commit_of(info), files_to_fetch(info, params["patterns"])
+        commit = commit_of(info)
+        if commit != params["revision"]:
+            raise HubError(f"the Hub answered commit {commit} for revision {params['revision']}")
+        return commit, files_to_fetch(info, params["patterns"])
     except HubError as exc:
-        module.fail_json(msg=str(exc), status=exc.status, attempts=hub.retries, bytes=0, changed=False)
+        where = f"{params['repo']}@{params['revision']}"
+        _fail(module, hub, str(exc) if str(exc).startswith(where) else f"{where}: {exc}", status=exc.status)
     except ValueError as exc:
-        module.fail_json(msg=f"{params['repo']}: the Hub's answer is not JSON: {exc}", bytes=0, changed=False)
+        _fail(module, hub, f"{params['repo']}: the Hub's answer is not JSON: {exc}")
     raise AssertionError("unreachable")
 
 
-def _present(dest, commit):
-    marker = os.path.join(dest, MARKER)
-    if not os.path.exists(marker):
-        return False
-    with open(marker, encoding="utf-8") as handle:
-        return json.load(handle).get("commit") == commit
+def _present(dest, params):
+    """Whether dest already holds the pinned commit, complete: read from its marker and the files' sizes only."""
+    try:
+        with open(os.path.join(dest, MARKER), encoding="utf-8") as handle:
+            marker = json.load(handle)
+        files = marker["files"]
+        return (
+            marker.get("commit") == params["revision"]
+            and marker.get("patterns") == params["patterns"]
+            and all(os.path.getsize(os.path.join(dest, item["name"])) == item["size"] for item in files)
+        ), [item["name"] for item in files]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, []
 
 
 def _download(module, hub, commit, files, staging):
-    """Fetch every file into staging; returns the bytes written."""
+    """Fetch every file into staging, each checked against the size and checksum the Hub listed; the bytes."""
     params = module.params
-    endpoint, repo = params["endpoint"].rstrip("/"), params["repo"]
     written_total = 0
     for item in files:
         target = os.path.join(staging, item["name"])
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as sink:
-            written = hub.request(f"{endpoint}/{repo}/resolve/{commit}/{quote(item['name'])}", sink)
-        if item["size"] is not None and written != item["size"]:
-            listed = item["size"]
-            raise HubError(f"{repo}@{commit[:12]}: {item['name']} has {written} bytes; the Hub listed {listed}")
-        written_total += written
+            written_total += hub.request(
+                f"{hub.endpoint}/{params['repo']}/resolve/{commit}/{quote(item['name'])}", sink, item
+            )
+    marker = {
+        "repo": params["repo"],
+        "revision": params["revision"],
+        "commit": commit,
+        "patterns": params["patterns"],
+        "files": files,
+    }
     with open(os.path.join(staging, MARKER), "w", encoding="utf-8") as handle:
-        json.dump({"repo": repo, "revision": params["revision"], "commit": commit}, handle)
+        json.dump(marker, handle)
     if params["owner"]:
         user = pwd.getpwnam(params["owner"])
         for root, dirs, names in os.walk(staging):
@@ -243,23 +303,23 @@ def main():
     problem = check_request(params["repo"], params["revision"])
     if problem:
         module.fail_json(msg=problem, changed=False, bytes=0, attempts=0)
+    dest = params["dest"].rstrip("/")
+    present, names = _present(dest, params)
+    if present:  # no Hub access: a rerun works while the Hub is down or rate-limits
+        module.exit_json(changed=False, commit=params["revision"], files=names, bytes=0, attempts=0)
     hub = Hub(module)
     commit, files = _snapshot_info(module, hub)
     names = [item["name"] for item in files]
-    dest = params["dest"].rstrip("/")
-    if _present(dest, commit):
-        module.exit_json(changed=False, commit=commit, files=names, bytes=0, attempts=hub.retries)
     parent = os.path.dirname(dest)
     stats = os.statvfs(parent if os.path.isdir(parent) else "/")
     free, needed = stats.f_bavail * stats.f_frsize, total_bytes(files) + params["min_free_bytes"]
     if free < needed:
-        module.fail_json(
-            msg=f"{params['repo']}@{commit[:12]}: {free / 1e9:.1f} GB free under {parent}; expected "
+        _fail(
+            module,
+            hub,
+            f"{params['repo']}@{commit[:12]}: {free / 1e9:.1f} GB free under {parent}; expected "
             f"{needed / 1e9:.1f} GB for the snapshot and the margin; fix: free disk or point vllm_models_dir at a "
             "larger volume",
-            changed=False,
-            bytes=0,
-            attempts=hub.retries,
         )
     if module.check_mode:
         module.exit_json(changed=True, commit=commit, files=names, bytes=0, attempts=hub.retries)
@@ -270,10 +330,13 @@ def main():
         _swap_in(staging, dest)
     except HubError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        module.fail_json(msg=str(exc), status=exc.status, attempts=hub.retries, bytes=0, changed=False)
+        _fail(module, hub, str(exc), status=exc.status)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        module.fail_json(msg=f"{params['repo']}: cannot write {staging}: {exc}", changed=False, bytes=0)
+        _fail(module, hub, f"{params['repo']}: cannot write {staging}: {exc}")
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        _fail(module, hub, f"{params['repo']}@{commit[:12]}: download failed: {type(exc).__name__}: {exc}")
     module.exit_json(changed=True, commit=commit, files=names, bytes=written, attempts=hub.retries)
 
 

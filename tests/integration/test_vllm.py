@@ -245,11 +245,23 @@ def test_a_pinned_hugging_face_snapshot_is_downloaded_retried_and_served(converg
         assert HF_CANARY not in host.file("/etc/vllm/vllm.env").content_string
 
         before = invocation(host)
-        refused = phase2(session_lab, tiny_model, "-e", json.dumps(source))
+        asked = len(hub.requests)
+        rerun = phase2(session_lab, tiny_model, "-e", json.dumps(source))  # the snapshot on disk needs no Hub
+        assert rerun.returncode == 0, rerun.output[-3000:]
+        assert rerun.recap[HOST]["changed"] == 0
+        assert len(hub.requests) == asked
+
+        newer = {**source, "vllm_hf_revision": "0" * 40}  # a commit not on disk, without the token
+        refused = phase2(session_lab, tiny_model, "-e", json.dumps(newer))
         assert refused.returncode != 0
         assert f"{HOST}: Hugging Face download failed: {HF_REPO}@" in refused.output
         assert "401 Unauthorized (no token was sent)" in refused.output
         assert refused.recap[HOST]["changed"] == 0
+        branch = phase2(session_lab, tiny_model, "-e", json.dumps({**source, "vllm_hf_revision": "main"}))
+        assert branch.returncode != 0
+        assert f"{HOST}: vllm_hf_repo={HF_REPO}, vllm_hf_revision=main; expected an owner/name" in branch.output
+        assert "fix: pin the commit shown on the model page" in branch.output
+        assert branch.recap[HOST]["changed"] == 0
         assert invocation(host) == before
     finally:
         restored = phase2(session_lab, tiny_model)

@@ -1,27 +1,49 @@
 """A test-only stand-in for the Hugging Face Hub's download API (HF_ENDPOINT), serving local model dirs.
 
-It is not the Hub: it serves the two endpoints a snapshot download uses, with the Hub's answers
+It is not the Hub: it serves the endpoints a snapshot download uses, with the Hub's answers
 for the cases the toolkit must tell apart (docs/security.md, section 4):
 
-- GET /api/models/<owner>/<name>/revision/<revision>: {"id", "sha", "siblings": [{"rfilename", "size"}],
-  "gated", "private"}; an unknown repository answers 401 without a valid token (as the Hub does,
-  so that private repositories do not leak) and 404 with one; an unknown revision answers 404;
-  a gated repository answers 401 without the token it was given.
-- GET /<owner>/<name>/resolve/<revision>/<file>: the file, with X-Repo-Commit and ETag headers.
+- GET /api/models/<owner>/<name>/revision/<revision>[?blobs=true]: {"id", "sha", "siblings", "gated",
+  "private"}; each sibling is {"rfilename"}, and with ?blobs=true also "size", "blobId" (the git blob id)
+  and, for an LFS file, "lfs": {"size", "sha256", "pointerSize"}, as huggingface_hub's model_info(...,
+  files_metadata=True) reads them. LFS files are the weights (LFS_PATTERNS) and anything of 10 MB or more;
+  their blobId is the id of their git LFS pointer file. An unknown repository answers 401 without a valid
+  token (as the Hub does, so that private repositories do not leak) and 404 with one; an unknown revision
+  answers 404; a gated repository answers 401 without the token it was given.
+- GET /<owner>/<name>/resolve/<revision>/<file>: the file, with X-Repo-Commit and ETag (the blob id) headers;
+  with `server.cdn` set (another stand-in's URL: another origin), an LFS file answers 302 to
+  <cdn>/cdn-lfs/<sha256> with X-Linked-Etag and X-Linked-Size, like the Hub's redirect to its CDN.
+- GET /cdn-lfs/<sha256>: an LFS file's content, no token needed (the Hub's CDN URLs are signed).
 
-Faults for tests: `server.faults` is a list of HTTP statuses the next requests answer with
-(429 carries Retry-After: 1); `server.file_faults` maps a file name to the status every download
-of it answers with. Standard library only.
+Faults and handles for tests: `server.faults` is a list of HTTP statuses the next requests answer with
+(429 carries Retry-After: 1); `server.file_faults` maps a file name to the status every download of it
+answers with; `server.corrupt` is a set of file names served with their last byte flipped (the metadata
+unchanged); `server.cuts` maps a file name to a list of "length" / "chunked": each download of it takes one
+and sends half the body (with the full Content-Length, or chunked without the last chunk), then closes the
+connection; `server.redirects` maps a file name to a Location its resolve URL answers 302 with;
+`server.renamed` maps an old repository id to its new one (a relative 307, as the Hub does after a rename).
+`server.requests` lists the paths asked for, `server.authorizations` (path, Authorization header or None).
+`start(..., tls=(certfile, keyfile))` serves https. Standard library only.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import http.server
 import json
+import ssl
 import threading
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+
+LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.h5", "*.onnx", "*.msgpack"]
+LFS_MIN_SIZE = 10 * 1024 * 1024
+
+
+def git_blob_id(data: bytes) -> str:
+    """What `git hash-object` prints for data."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 class Repo:
@@ -36,8 +58,20 @@ class Repo:
         self.commit = digest.hexdigest()
         self.token = token
 
-    def info(self) -> dict:
-        siblings = [{"rfilename": name, "size": path.stat().st_size} for name, path in self.files.items()]
+    def is_lfs(self, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in LFS_PATTERNS) or self.files[name].stat().st_size >= LFS_MIN_SIZE
+
+    def sibling(self, name: str) -> dict:
+        data = self.files[name].read_bytes()
+        if not self.is_lfs(name):
+            return {"rfilename": name, "size": len(data), "blobId": git_blob_id(data)}
+        sha256 = hashlib.sha256(data).hexdigest()
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n".encode()
+        lfs = {"size": len(data), "sha256": sha256, "pointerSize": len(pointer)}
+        return {"rfilename": name, "size": len(data), "blobId": git_blob_id(pointer), "lfs": lfs}
+
+    def info(self, blobs: bool = False) -> dict:
+        siblings = [self.sibling(name) if blobs else {"rfilename": name} for name in self.files]
         return {
             "_id": self.commit[:24],
             "id": self.id,
@@ -77,16 +111,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         server = self.server
         server.requests.append(self.path)
+        server.authorizations.append((self.path, self.headers.get("Authorization")))
         if server.faults:
             status = server.faults.pop(0)
             headers = {"Retry-After": "1"} if status == 429 else None
             self._error(status, "Too Many Requests" if status == 429 else "Internal Error", headers)
             return
-        parts = [unquote(part) for part in urlsplit(self.path).path.strip("/").split("/")]
+        url = urlsplit(self.path)
+        parts = [unquote(part) for part in url.path.strip("/").split("/")]
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "revision":
-            self._info("/".join(parts[2:4]), "/".join(parts[5:]))
+            blobs = parse_qs(url.query).get("blobs") == ["true"]
+            self._info("/".join(parts[2:4]), "/".join(parts[5:]), blobs)
         elif len(parts) >= 5 and parts[2] == "resolve":
             self._file("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
+        elif len(parts) == 2 and parts[0] == "cdn-lfs":
+            self._cdn(parts[1])
         else:
             self._error(404, "Not Found")
 
@@ -108,16 +147,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return None
         return repo
 
-    def _info(self, repo_id: str, revision: str) -> None:
+    def _renamed(self, repo_id: str) -> bool:
+        new = self.server.renamed.get(repo_id)
+        if new:
+            self._send(307, b"", headers={"Location": self.path.replace(f"/{repo_id}/", f"/{new}/", 1)})
+        return bool(new)
+
+    def _info(self, repo_id: str, revision: str, blobs: bool) -> None:
+        if self._renamed(repo_id):
+            return
         repo = self._repo(repo_id)
         if repo is None:
             return
         if revision not in (repo.commit, "main"):
             self._error(404, f"Invalid rev id: {revision}")
             return
-        self._send(200, json.dumps(repo.info()).encode())
+        self._send(200, json.dumps(repo.info(blobs)).encode())
 
     def _file(self, repo_id: str, revision: str, name: str) -> None:
+        if self._renamed(repo_id):
+            return
         repo = self._repo(repo_id)
         if repo is None:
             return
@@ -125,23 +174,88 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(404, "Entry not found")
             return
         if name in self.server.file_faults:
-            self._error(self.server.file_faults[name], "Internal Error")
+            status = self.server.file_faults[name]
+            self._error(status, "Internal Error", {"Retry-After": "1"} if status == 429 else None)
             return
-        data = repo.files[name].read_bytes()
-        headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
-        self._send(200, data, "application/octet-stream", headers)
+        if name in self.server.redirects:
+            self._send(302, b"", headers={"Location": self.server.redirects[name]})
+            return
+        sibling = repo.sibling(name)
+        headers = {"X-Repo-Commit": repo.commit}
+        if "lfs" in sibling and self.server.cdn:
+            sha256 = sibling["lfs"]["sha256"]
+            headers.update(
+                {
+                    "Location": f"{self.server.cdn}/cdn-lfs/{sha256}",
+                    "X-Linked-Etag": f'"{sha256}"',
+                    "X-Linked-Size": str(sibling["size"]),
+                    "ETag": f'"{sibling["blobId"]}"',
+                }
+            )
+            self._send(302, b"", headers=headers)
+            return
+        headers["ETag"] = f'"{sibling["lfs"]["sha256"] if "lfs" in sibling else sibling["blobId"]}"'
+        self._content(name, repo.files[name].read_bytes(), headers)
+
+    def _cdn(self, sha256: str) -> None:
+        for repo in self.server.repos.values():
+            for name, path in repo.files.items():
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() == sha256:
+                    self._content(name, data, {"ETag": f'"{sha256}"'})
+                    return
+        self._error(404, "Not Found")
+
+    def _content(self, name: str, data: bytes, headers: dict) -> None:
+        """A file's bytes, with the faults the test set for it."""
+        if name in self.server.corrupt and data:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        cuts = self.server.cuts.get(name)
+        if not cuts:
+            self._send(200, data, "application/octet-stream", headers)
+            return
+        mode = cuts.pop(0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        half = data[: len(data) // 2]
+        if mode == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
+            self.wfile.write(b"%x\r\n" % (len(data) - len(half)))  # a chunk announced, never sent
+        else:
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(half)
+        self.wfile.flush()
+        self.close_connection = True
 
 
 def start(
-    address: tuple[str, int], repos: list[Repo], tokens: list[str] | None = None
+    address: tuple[str, int],
+    repos: list[Repo],
+    tokens: list[str] | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> http.server.ThreadingHTTPServer:
     """Serve the repos from a background thread; `.faults` and `.requests` are the test's handles."""
     http.server.ThreadingHTTPServer.allow_reuse_address = True
     server = http.server.ThreadingHTTPServer(address, _Handler)
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     server.repos = {repo.id: repo for repo in repos}
     server.tokens = tokens or []
     server.faults = []
     server.file_faults = {}
+    server.corrupt = set()
+    server.cuts = {}
+    server.redirects = {}
+    server.renamed = {}
+    server.cdn = None
     server.requests = []
+    server.authorizations = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

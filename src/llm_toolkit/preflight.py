@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from llm_toolkit import pylock
 from llm_toolkit.host.llm_gpu import version_tuple
 from llm_toolkit.planner import PlanError, lowest_compute_cap, plan, request_for_gpus
 
@@ -326,6 +327,33 @@ def _ollama_checks(report, gpu, settings, gates, models, lowest_cc, measured_dri
     )
 
 
+def _other_build(gpu: dict, settings: dict, gates: dict, pin: dict) -> str:
+    """The remediation's alternative to a driver upgrade: the newest other CUDA build this driver runs,
+    which the vllm role installs from its own lock, or else from a lock the operator supplies."""
+    driver = version_tuple(gpu["driver_version"])
+    fitting = sorted(
+        (
+            b
+            for b, cuda in pin["cuda_builds"].items()
+            if b != settings["vllm_cuda_build"] and driver >= version_tuple(gates["cuda_min_driver"][cuda])
+        ),
+        key=lambda b: version_tuple(pin["cuda_builds"][b]),
+        reverse=True,
+    )
+    if not fitting:
+        return ""
+    package, version = settings["vllm_package"], settings["vllm_version"]
+    locked = pylock.vllm_lock_builds(package, version)
+    with_lock = [b for b in fitting if b in locked]
+    if with_lock:
+        return f", or set vllm_cuda_build: {with_lock[0]}"
+    return (
+        f", or use the {fitting[0]} build, which this driver runs (the vllm role has a lock for "
+        f"{', '.join(locked) or 'no build'} of {package} {version} only): set vllm_cuda_build: {fitting[0]} "
+        f"and vllm_pip_lock to a hash-pinned lock of that build"
+    )
+
+
 def _vllm_checks(report, gpu, settings, gates, models, serving, lowest_cc, measured_driver) -> dict | None:
     pin = gates["backends"]["vllm"].get(settings["vllm_version"])
     build = settings["vllm_cuda_build"]
@@ -341,19 +369,13 @@ def _vllm_checks(report, gpu, settings, gates, models, serving, lowest_cc, measu
         return None
     cuda = pin["cuda_builds"][build]
     floor = gates["cuda_min_driver"][cuda]
-    others = [
-        b
-        for b, c in pin["cuda_builds"].items()
-        if version_tuple(gpu["driver_version"]) >= version_tuple(gates["cuda_min_driver"][c])
-    ]
-    alternative = f", or set vllm_cuda_build: {others[0]}" if others else ""
     report.add(
         f"driver for vLLM {settings['vllm_version']} ({build})",
         ["phase2"],
         version_tuple(gpu["driver_version"]) >= version_tuple(floor),
         measured_driver,
         f"driver {floor} or newer (CUDA {cuda})",
-        f"upgrade the NVIDIA driver to {floor} or newer{alternative}",
+        f"upgrade the NVIDIA driver to {floor} or newer{_other_build(gpu, settings, gates, pin)}",
     )
     report.add(
         "compute capability for vLLM",

@@ -70,6 +70,20 @@ LOCKS = {
 }
 
 
+# Where roles/vllm finds a lock, and what its name says (the build: a CUDA build such as cu130, or cpu).
+VLLM_LOCK_NAME = re.compile(
+    r"^roles/vllm/files/locks/(?P<package>.+)-(?P<version>[^-]+)-(?P<build>[^-]+)-(?P<arch>[^-]+)\.txt$"
+)
+
+
+def vllm_lock_builds(package: str, version: str) -> list[str]:
+    """The builds roles/vllm has a lock for, for package==version (sorted; empty: none)."""
+    found = (VLLM_LOCK_NAME.match(lock.path) for lock in LOCKS.values())
+    return sorted(
+        {match["build"] for match in found if match and (match["package"], match["version"]) == (package, version)}
+    )
+
+
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 

@@ -21,8 +21,9 @@ from tests.integration.conftest import (
 
 MIB = 2**20
 FRESH_LAB = "pflab"
-# Expected verdicts with the default model (Mixtral 8x7B; Ollama 0.32.15; vLLM 0.33.0 cu129 serving AWQ),
-# before the disk gate, which depends on this machine's free space (see expected()).
+# Expected verdicts with the default model (Mixtral 8x7B; Ollama 0.32.15; vLLM 0.33.0 cu130 serving AWQ,
+# which needs driver 580.65.06: the H100 profile's R575 fails phase 2), before the disk gate, which
+# depends on this machine's free space (see expected()).
 VERDICTS = {
     "none": ("fail", "fail"),
     "driver-broken": ("fail", "fail"),
@@ -33,7 +34,7 @@ VERDICTS = {
     "2x-A10G-24GB": ("fail", "fail"),
     "1x-A100-80GB": ("pass", "fail"),
     "4x-A100-40GB": ("pass", "pass"),
-    "8x-H100-80GB": ("pass", "pass"),
+    "8x-H100-80GB": ("pass", "fail"),
 }
 REMEDIATIONS = {
     "none": "set llm_accelerator: cpu in the inventory",
@@ -42,7 +43,8 @@ REMEDIATIONS = {
     "driver-470": "upgrade the NVIDIA driver to 520.61.05 or newer",
     "1x-L4-24GB-busy": "PID 4242 (/usr/bin/python3) holds 8192 MiB",
     "2x-A10G-24GB": "upgrade the NVIDIA driver to 550 or newer",
-    "1x-A100-80GB": "or set vllm_cuda_build: cu128",
+    "1x-A100-80GB": "or use the cu128 build, which this driver runs",
+    "8x-H100-80GB": "upgrade the NVIDIA driver to 580.65.06 or newer, or use the cu129 build",
 }
 # Both phases gated whatever is enabled (by default preflight gates the backends enabled on each host).
 BOTH_PHASES = ["-e", '{"llm_preflight_phases": ["phase1", "phase2"]}']
@@ -139,8 +141,14 @@ def test_a_failed_preflight_stops_every_host_before_anything_changes(fresh_hosts
 
 
 def test_the_cpu_host_passes_with_the_gpu_gates_skipped_and_says_so(session_lab, tmp_path):
+    # Only the CPU host: the session's H100 host (driver R575) fails phase 2 of the default vLLM (cu130).
     run = session_lab.playbook(
-        *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml"
+        *BOTH_PHASES,
+        "-e",
+        f"llm_preflight_report_dir={tmp_path}",
+        "--limit",
+        "itest3",
+        playbook="playbooks/preflight.yml",
     )
     assert run.returncode == 0, run.output[-2000:]
     report = reports(tmp_path)["itest3"]
@@ -171,12 +179,12 @@ def test_only_the_phases_of_the_enabled_backends_are_gated_whatever_the_tags(ses
 
 def test_a_port_held_by_another_process_is_named_and_our_own_unit_is_accepted(session_lab, tmp_path):
     host = session_lab.host("itest1")
+    # Only itest1 (driver R580, passes both phases): the session's H100 host fails phase 2 of vLLM cu130.
+    only_itest1 = ["-e", f"llm_preflight_report_dir={tmp_path}", "--limit", "itest1"]
     host.run("systemd-run --unit=squatter --quiet python3 -m http.server 8000")
     try:
         host.run("for i in $(seq 50); do ss -Hltn 'sport = :8000' | grep -q . && break; sleep 0.1; done")
-        run = session_lab.playbook(
-            *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml"
-        )
+        run = session_lab.playbook(*BOTH_PHASES, *only_itest1, playbook="playbooks/preflight.yml")
         pid = host.run("systemctl show -p MainPID --value squatter").stdout.strip()
         assert run.returncode != 0
         assert f"itest1: port 8000: held by PID {pid} (/usr/bin/python3 -m http.server 8000)" in run.output
@@ -185,9 +193,7 @@ def test_a_port_held_by_another_process_is_named_and_our_own_unit_is_accepted(se
     host.run("systemd-run --unit=vllm --quiet python3 -m http.server 8000")
     try:
         host.run("for i in $(seq 50); do ss -Hltn 'sport = :8000' | grep -q . && break; sleep 0.1; done")
-        run = session_lab.playbook(
-            *BOTH_PHASES, "-e", f"llm_preflight_report_dir={tmp_path}", playbook="playbooks/preflight.yml"
-        )
+        run = session_lab.playbook(*BOTH_PHASES, *only_itest1, playbook="playbooks/preflight.yml")
         assert run.returncode == 0, run.output[-2000:]
     finally:
         host.run("systemctl stop vllm")

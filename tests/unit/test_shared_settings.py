@@ -25,7 +25,7 @@ CHANGED = {
     "ollama_port": 11500,
     "ollama_models_dir": "/srv/ollama-models",
     "vllm_version": "0.33.9",
-    "vllm_cuda_build": "cu130",
+    "vllm_cuda_build": "cu128",
     "vllm_host": "127.0.0.2",
     "vllm_port": 8123,
     "vllm_models_dir": "/srv/vllm-models",
@@ -59,7 +59,7 @@ def test_changing_one_shared_value_moves_every_role_that_reads_it(tmp_path):
     assert (preflight["ollama_version"], preflight["vllm_version"], preflight["vllm_cuda_build"]) == (
         "0.32.99",
         "0.33.9",
-        "cu130",
+        "cu128",
     )
     assert (preflight["ollama_models_dir"], preflight["vllm_models_dir"]) == ("/srv/ollama-models", "/srv/vllm-models")
     assert (preflight["ports"]["ollama"]["port"], preflight["ports"]["vllm"]["port"]) == (11500, 8123)

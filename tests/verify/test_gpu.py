@@ -27,8 +27,10 @@ def required_drivers(host) -> dict[str, str]:
             needs[f"Ollama {ollama['version']}"] = gate["min_driver"]
     vllm = local_fact(host, "llm_vllm")
     if vllm and vllm.get("accelerator") == "gpu":
-        cuda = GATES["backends"]["vllm"]["0.33.0"]["cuda_builds"]["cu129"]
-        needs[f"vLLM 0.33.0 (CUDA {cuda})"] = GATES["cuda_min_driver"][cuda]
+        build = setting(host, "vllm_cuda_build")
+        cuda = GATES["backends"]["vllm"].get(vllm.get("version"), {}).get("cuda_builds", {}).get(build)
+        if cuda:
+            needs[f"vLLM {vllm['version']} ({build}, CUDA {cuda})"] = GATES["cuda_min_driver"][cuda]
     return needs
 
 

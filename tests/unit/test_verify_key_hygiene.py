@@ -10,9 +10,13 @@ import threading
 
 import pytest
 
+from llm_toolkit.envfile import systemd_line
+from tests.unit.test_secrets import TRICKY
 from tests.verify.verify_helpers import PROCESS_LISTING, api_get_command, key_to_stdout, processes_holding
 
 CANARY = "sk-canary-4f1c9e7d2b"
+# An operator's key that vllm.env must quote and escape: the verifiers must send it as vLLM reads it.
+QUOTED = 'sk op "quoted" key \\ $HOME 50%'
 
 
 @pytest.fixture
@@ -37,18 +41,33 @@ def recorder():
     httpd.server_close()
 
 
-def test_curl_gets_the_key_from_its_file_on_stdin_never_on_a_command_line(recorder, tmp_path):
+@pytest.mark.parametrize("key", [CANARY, QUOTED], ids=["bare", "quoted"])
+def test_curl_gets_the_key_from_its_file_on_stdin_never_on_a_command_line(recorder, tmp_path, key):
     env_file = tmp_path / "vllm.env"
-    env_file.write_text(f"VLLM_HOST=127.0.0.1\nVLLM_API_KEY={CANARY}\n")
+    env_file.write_text(f"VLLM_HOST=127.0.0.1\n{systemd_line('VLLM_API_KEY', key)}\nVLLM_PORT=8000\n")
     env_file.chmod(0o600)
     url = f"http://127.0.0.1:{recorder.server_address[1]}/v1/models"
     command = api_get_command(url, str(env_file))
-    assert CANARY not in command
+    assert key not in command
     result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert recorder.seen == [f"Bearer {CANARY}"]
-    assert CANARY not in result.stdout + result.stderr
-    assert CANARY not in key_to_stdout(str(env_file))
+    assert recorder.seen == [f"Bearer {key}"]
+    assert key not in result.stdout + result.stderr
+    assert key not in key_to_stdout(str(env_file))
+
+
+@pytest.mark.parametrize("key", [value for value in TRICKY if value], ids=lambda value: f"tricky{TRICKY.index(value)}")
+def test_the_key_printed_on_the_host_is_the_value_systemd_reads(tmp_path, key):
+    """What vllm.env's encoder writes (systemd reads each of these back exactly: tests/integration/
+    test_secrets.py) comes out of key_to_stdout byte for byte, quotes, backslashes and spaces included."""
+    env_file = tmp_path / "vllm.env"
+    env_file.write_text(f"VLLM_MODEL=x\n{systemd_line('VLLM_API_KEY', key)}\n", encoding="utf-8")
+    command = key_to_stdout(str(env_file))
+    result = subprocess.run(
+        ["/bin/sh", "-c", command], capture_output=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == key.encode() + b"\n"
 
 
 def test_without_a_key_file_curl_sends_no_authorization(recorder):

@@ -1,13 +1,15 @@
 """Helpers of the host verifiers: the shared settings as a host sees them, and what the roles recorded on it."""
 
+import inspect
 import json
 import shlex
+import textwrap
 from pathlib import Path
 
 import yaml
 
 from llm_toolkit.backends import validate
-from llm_toolkit.envfile import decode_systemd_value
+from llm_toolkit.envfile import SYSTEMD_ESCAPED, decode_systemd_value
 
 REPO = Path(__file__).resolve().parents[2]
 # The settings every role shares (roles/llm_defaults), before the inventory overrides them.
@@ -57,10 +59,27 @@ def apt_list(dump: str, key: str) -> list[str]:
     return [line[len(prefix) :].rstrip(";").strip('"') for line in dump.splitlines() if line.startswith(prefix)]
 
 
+# Prints the value of VLLM_API_KEY in the EnvironmentFile= named by its argument as systemd reads it
+# (an operator's key with spaces or quotes is written double-quoted and escaped there): the toolkit's
+# own decoder, sent to the host's python3 as its program text, so the key itself is read from the
+# file on the host and written to a pipe, never passed as an argument.
+KEY_PRINTER = (
+    "import sys\n"
+    f"SYSTEMD_ESCAPED = {SYSTEMD_ESCAPED!r}\n"
+    + textwrap.dedent(inspect.getsource(decode_systemd_value))
+    + "for line in open(sys.argv[1], encoding='utf-8'):\n"
+    "    if line.startswith('VLLM_API_KEY='):\n"
+    "        value = decode_systemd_value(line.rstrip('\\n').split('=', 1)[1])\n"
+    "        sys.stdout.buffer.write(value.encode('utf-8') + b'\\n')\n"
+    "        break\n"
+)
+
+
 def key_to_stdout(env_file: str = VLLM_ENV) -> str:
-    """A shell command that prints vLLM's key from its file, to be piped into the command that needs
-    it: the key travels through a pipe on the host, never on a command line (ssh's, sudo's or curl's)."""
-    return f"sed -n 's/^VLLM_API_KEY=//p' {shlex.quote(env_file)}"
+    """A shell command that prints vLLM's key from its file (decoded as systemd reads it), to be piped
+    into the command that needs it: the key travels through a pipe on the host, never on a command line
+    (ssh's, sudo's, python's or curl's)."""
+    return f"python3 -c {shlex.quote(KEY_PRINTER)} {shlex.quote(env_file)}"
 
 
 def api_get_command(url: str, env_file: str | None = None) -> str:

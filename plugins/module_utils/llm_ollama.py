@@ -126,6 +126,17 @@ def is_transient(error: str, http_status: int | None = None) -> bool:
     return any(re.search(pattern, error, re.I) for pattern in TRANSIENT_PATTERNS)
 
 
+def no_space_advice(error: str, models_dir: str) -> str | None:
+    """What to tell the operator when a pull failed because the disk filled up (Ollama: "write
+    <blob>-partial: no space left on device"), or None for any other failure."""
+    if not re.search(r"no space left on device|disk quota exceeded", error, re.I):
+        return None
+    return (
+        f"the file system of {models_dir} filled up during the pull; the models already there are kept; fix: free "
+        f"disk under {models_dir} or point ollama_models_dir at a larger volume, then run again"
+    )
+
+
 def backoff_delays(retries: int, base: float = 5.0, cap: float = 120.0) -> list[float]:
     """Seconds to wait before each retry: exponential from base, capped."""
     return [min(cap, base * 2**attempt) for attempt in range(max(0, retries))]

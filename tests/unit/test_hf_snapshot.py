@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,12 +30,12 @@ from llm_toolkit.host.llm_hf import (
 )
 
 from tests.standins.hf_hub import hf_hub_standin
+from tests.unit import disk_faults
 
 REPO = Path(__file__).resolve().parents[2]
 
 ANSIBLE = str(Path(sys.executable).parent / "ansible")
 TOKEN = "hf_canary_token_0123456789"
-IS_ROOT = os.geteuid() == 0
 
 
 def test_requests_must_name_a_repo_and_a_pinned_revision():
@@ -518,15 +517,9 @@ def test_a_corrupted_file_is_refused_before_the_snapshot_is_swapped_in(hub, cdn,
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """An 8 MiB tmpfs to download into: a real file system that fills up (mounting needs root)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(disk)], check=True)
-    try:
+    """An 8 MiB tmpfs to download into: a real file system that fills up."""
+    with disk_faults.small_disk(tmp_path / "disk") as disk:
         yield disk
-    finally:
-        if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
 def big_model(directory: Path, text: str) -> Path:
@@ -536,25 +529,7 @@ def big_model(directory: Path, text: str) -> Path:
     return directory
 
 
-def fill_when_written(disk: Path, staged: Path, size: int):
-    """Fault injector: another writer takes all the space left on disk once staged has size bytes."""
-
-    def fill() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not staged.exists() or staged.stat().st_size < size):
-            time.sleep(0.01)
-        with open(disk / "filler", "wb", buffering=0) as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 65536)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-
-    return fill
-
-
-@pytest.mark.skipif(not IS_ROOT, reason="mounting a small file system needs root")
+@disk_faults.needs_root
 def test_a_disk_that_fills_during_the_download_fails_in_one_line_and_keeps_the_previous_snapshot(
     hub, small_disk, tmp_path
 ):
@@ -568,7 +543,11 @@ def test_a_disk_that_fills_during_the_download_fails_in_one_line_and_keeps_the_p
     newer = hf_hub_standin.Repo("toolkit/tiny", big_model(tmp_path / "v2", "v2"))
     hub.repos["toolkit/tiny"] = newer
     staged = dest.parent / f"{dest.name}.partial" / "model.safetensors"
-    hub.midway = {"model.safetensors": fill_when_written(small_disk, staged, 1 << 20)}
+
+    def first_block_written() -> bool:
+        return staged.exists() and staged.stat().st_size >= 1 << 20
+
+    hub.midway = {"model.safetensors": disk_faults.fill_once(small_disk, first_block_written)}
     rc, result, output = snapshot(hub, dest, revision=newer.commit)
     assert rc != 0
     assert result["msg"].startswith(

@@ -11,9 +11,11 @@ to a CDN on another host). docs/security.md, section 4, has the sources.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
+import os
 import re
 from urllib.parse import urljoin, urlsplit
 
@@ -32,6 +34,42 @@ class HubError(Exception):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+
+class WriteError(Exception):
+    """Writing a downloaded file failed (the disk filled up, ...): not the network's fault, never retried."""
+
+    def __init__(self, name: str, written: int, error: OSError) -> None:
+        super().__init__(f"{name}: {error}")
+        self.name = name
+        self.written = written
+        self.error = error
+
+
+# A full file system, or the owner's quota spent: the same remedy.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def write_failure(where: str, dest: str, error: WriteError | OSError, free: int, needed: int) -> str:
+    """The operator's one line for a download that could not be written under dest (the partial one removed).
+
+    free is what the file system has now, needed what the snapshot and its margin take."""
+    if isinstance(error, WriteError):
+        name, written, cause = error.name, error.written, error.error
+    else:
+        name, written, cause = os.path.basename(error.filename or "") or dest, 0, error
+    parent = os.path.dirname(dest.rstrip("/")) or "/"
+    if cause.errno in NO_SPACE:
+        return (
+            f"{where}: no space left on the file system of {dest} while writing {name} (after {written} bytes of "
+            f"it; {free / 1e6:.1f} MB free now, {needed / 1e6:.1f} MB needed): the disk filled up during the "
+            f"download; the partial download was removed and the previous snapshot is kept; fix: free disk under "
+            f"{parent} or point vllm_models_dir at a larger volume, then run again"
+        )
+    return (
+        f"{where}: cannot write {name} under {dest}: {cause.strerror or cause}; the partial download was removed and "
+        f"the previous snapshot is kept; fix: check the permissions and health of {parent}, then run again"
+    )
 
 
 def check_request(repo: str, revision: str) -> str | None:

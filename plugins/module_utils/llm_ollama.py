@@ -117,13 +117,30 @@ def is_unknown_tag(error: str) -> bool:
     return any(re.search(pattern, error, re.I) for pattern in UNKNOWN_TAG_PATTERNS)
 
 
+def is_no_space(error: str) -> bool:
+    """Whether the pull failed because the disk filled up (Ollama: "write <blob>-partial: no space left on device")."""
+    return bool(re.search(r"no space left on device|disk quota exceeded", error, re.I))
+
+
 def is_transient(error: str, http_status: int | None = None) -> bool:
-    """Whether retrying can help: 429 and 5xx answers and network trouble, never a wrong tag."""
-    if is_unknown_tag(error):
+    """Whether retrying can help: 429 and 5xx answers and network trouble, never a wrong tag or a full disk
+    (whose message holds a path, which may look like a status: /srv/models-503/...)."""
+    if is_unknown_tag(error) or is_no_space(error):
         return False
     if http_status is not None and (http_status == 429 or http_status >= 500):
         return True
     return any(re.search(pattern, error, re.I) for pattern in TRANSIENT_PATTERNS)
+
+
+def no_space_advice(error: str, models_dir: str) -> str | None:
+    """What to tell the operator when a pull failed because the disk filled up (Ollama: "write
+    <blob>-partial: no space left on device"), or None for any other failure."""
+    if not is_no_space(error):
+        return None
+    return (
+        f"the file system of {models_dir} filled up during the pull; the models already there are kept; fix: free "
+        f"disk under {models_dir} or point ollama_models_dir at a larger volume, then run again"
+    )
 
 
 def backoff_delays(retries: int, base: float = 5.0, cap: float = 120.0) -> list[float]:

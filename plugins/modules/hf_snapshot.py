@@ -20,6 +20,8 @@ description:
     followed without it, and a redirect from https to http is refused.
   - HTTP 429 and 5xx answers, network errors and bodies cut short are retried with backoff; 401, 403 and 404 fail
     at once with a message that tells them apart; a checksum mismatch fails at once.
+  - A write that fails (the disk filling up during the download) is not retried either: the staging directory is
+    removed first, then one line names O(dest), the file, "no space left" and the fix.
 options:
   repo:
     description: Repository id, C(owner/name).
@@ -108,6 +110,7 @@ from urllib.parse import quote
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llm_hf import (
     HubError,
+    WriteError,
     backoff,
     check_file,
     check_request,
@@ -118,6 +121,7 @@ from ansible.module_utils.llm_hf import (
     hasher,
     redact,
     total_bytes,
+    write_failure,
 )
 from ansible.module_utils.urls import open_url
 
@@ -169,11 +173,9 @@ class Hub:
                             break
                         try:
                             sink.write(block)
+                            sink.flush()  # a full disk shows here, at the file that filled it
                         except OSError as exc:  # not the network's fault: no retry
-                            raise HubError(
-                                f"{where}: cannot write {item['name']} after {written} bytes: {exc}; fix: free disk "
-                                "or point vllm_models_dir at a larger volume"
-                            ) from exc
+                            raise WriteError(item["name"], written, exc) from exc
                         digest.update(block)
                         written += len(block)
                     length = response.headers.get("Content-Length")
@@ -260,8 +262,11 @@ def _download(module, hub, commit, files, staging):
         "patterns": params["patterns"],
         "files": files,
     }
-    with open(os.path.join(staging, MARKER), "w", encoding="utf-8") as handle:
-        json.dump(marker, handle)
+    try:
+        with open(os.path.join(staging, MARKER), "w", encoding="utf-8") as handle:
+            json.dump(marker, handle)
+    except OSError as exc:
+        raise WriteError(MARKER, 0, exc) from exc
     if params["owner"]:
         user = pwd.getpwnam(params["owner"])
         for root, dirs, names in os.walk(staging):
@@ -331,9 +336,12 @@ def main():
     except HubError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _fail(module, hub, str(exc), status=exc.status)
-    except OSError as exc:
+    except (WriteError, OSError) as exc:  # a full disk during the download, ...: said once the partial is gone
         shutil.rmtree(staging, ignore_errors=True)
-        _fail(module, hub, f"{params['repo']}: cannot write {staging}: {exc}")
+        stats = os.statvfs(parent if os.path.isdir(parent) else "/")
+        _fail(
+            module, hub, write_failure(f"{params['repo']}@{commit}", dest, exc, stats.f_bavail * stats.f_frsize, needed)
+        )
     except Exception as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _fail(module, hub, f"{params['repo']}@{commit[:12]}: download failed: {type(exc).__name__}: {exc}")

@@ -72,6 +72,10 @@ removed_partials:
   description: Partial downloads removed after a failure.
   returned: always
   type: list
+advice:
+  description: What to do about a failure that is not the tag's (a full disk), with the fix.
+  returned: when the disk filled up during the pull
+  type: str
 """
 
 import contextlib
@@ -87,6 +91,7 @@ from ansible.module_utils.llm_ollama import (
     is_transient,
     is_unknown_tag,
     model_digests,
+    no_space_advice,
     normalize_name,
     partial_files,
 )
@@ -198,7 +203,11 @@ def main():
     if error is not None:
         result["removed_partials"] = _remove_partials(params["models_dir"])
         kind = "unknown tag" if is_unknown_tag(error) else "pull failed"
-        module.fail_json(msg=f"{kind}: {error}", error=error, unknown_tag=is_unknown_tag(error), **result)
+        advice = no_space_advice(error, params["models_dir"])
+        if advice:
+            result["advice"] = advice
+        message = f"{kind}: {error}" + (f"; {advice}" if advice else "")
+        module.fail_json(msg=message, error=error, unknown_tag=is_unknown_tag(error), **result)
     present = _present(params["url"], 30)
     module.exit_json(digest=present.get(name, ""), **result)
 

@@ -13,10 +13,13 @@ because nvidia-smi lists a GPU, as Ollama would).
 
 import hashlib
 import json
+import os
 import re
 
+from tests.integration.conftest import LAB_HOME
 from tests.integration.conftest import NEW_OLLAMA as NEW
 from tests.integration.conftest import OLD_OLLAMA as OLD
+from tests.standins.ollama import depot
 
 CPU_HOST = "itest3"
 GPU_HOST = "itest1"  # simulated 4x A100 40GB
@@ -176,6 +179,65 @@ def test_a_full_disk_is_refused_before_the_pull_and_changes_nothing(converged, s
         )
     finally:
         host.run("umount /srv/small")
+
+
+# Fault injector for a disk that fills during a pull: once a blob of the pull has bytes on disk,
+# another writer on the host takes all the space left on the small file system the models are on.
+FILL_ONCE_PARTIAL = (
+    'nohup timeout 300 sh -c \'until find /srv/small/models/blobs -name "sha256-*-partial" -size +0 '
+    "| grep -q .; do sleep 0.05; done; dd if=/dev/zero of=/srv/small/filler bs=64k' >/dev/null 2>&1 & "
+    "echo $! > /run/llm-test-filler.pid"
+)
+MODEL_FILES = "cd /srv/small/models && find . -type f | sort | xargs sha256sum"
+
+
+def test_a_disk_that_fills_during_a_pull_fails_with_the_fix_and_the_models_keep_serving(
+    converged, session_lab, depot_server, depot_url, tmp_path
+):
+    """Row 18: the disk fills mid-pull (after the free-disk check passed): the run stops in one line
+    naming the host, the blob, "no space left" and the fix; the partial download is removed; the models
+    already there, and the service, are untouched and still answer."""
+    host = session_lab.host(CPU_HOST)
+    other = tmp_path / "fillup"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(os.urandom(3 * 1024 * 1024))
+    (other / "config.json").write_text('{"architectures": ["Gemma2ForCausalLM"]}')
+    depot.write_model(LAB_HOME / "depots" / f"{session_lab.name}-tests", "fillup:1b", other, "gemma2")
+    small = ["-e", "ollama_models_dir=/srv/small/models", "-e", "ollama_disk_margin_gb=0"]
+    with_fillup = ["-e", json.dumps({"ollama_models": [MIXTRAL, "gemma2:2b", "fillup:1b"]})]
+    assert host.run("mkdir -p /srv/small && mount -t tmpfs -o size=64m tmpfs /srv/small").rc == 0
+    try:
+        moved = phase1(session_lab, depot_url, *small, limit=CPU_HOST)  # the models on the small disk
+        assert moved.returncode == 0, moved.output[-3000:]
+        before = invocation(host)
+        kept = host.run(MODEL_FILES).stdout
+        assert host.run(FILL_ONCE_PARTIAL).rc == 0
+        depot_server.bytes_per_second = 150_000  # the 3 MB weights take about 20 s: the disk fills meanwhile
+        try:
+            run = phase1(session_lab, depot_url, *small, *with_fillup, limit=CPU_HOST)
+        finally:
+            depot_server.bytes_per_second = 0
+        assert run.returncode != 0
+        assert re.search(
+            rf"{CPU_HOST}: Ollama could not pull fillup:1b: write /srv/small/models/blobs/sha256-[0-9a-f]{{64}}"
+            r"-partial: no space left on device \(partial downloads removed\); the file system of /srv/small/models "
+            r"filled up during the pull; the models already there are kept; fix: free disk under /srv/small/models "
+            r"or point ollama_models_dir at a larger volume, then run again",
+            run.output,
+        ), run.output[-3000:]
+        assert host.run("ls /srv/small/models/blobs | grep -c partial").stdout.strip() == "0"
+        # the models already there are whole (complete blobs of the new model may stay, as Ollama keeps them)
+        assert set(kept.splitlines()) <= set(host.run(MODEL_FILES).stdout.splitlines())
+        names = {model["name"] for model in api(host, "/api/tags")["models"]}
+        assert {MIXTRAL, "gemma2:2b"} <= names
+        assert "fillup:1b" not in names
+        assert invocation(host) == before
+        assert "italiano" in host.run(CHAT % MIXTRAL).stdout
+    finally:
+        host.run("kill $(cat /run/llm-test-filler.pid) 2>/dev/null; rm -f /srv/small/filler /run/llm-test-filler.pid")
+        restored = phase1(session_lab, depot_url, limit=CPU_HOST)
+        host.run("umount /srv/small || umount --lazy /srv/small")
+    assert restored.returncode == 0, restored.output[-3000:]
 
 
 def test_a_public_bind_without_a_front_end_is_refused_before_any_change(converged, session_lab, depot_url):

@@ -187,6 +187,58 @@ def test_a_failing_start_stops_at_the_start_limit_and_reports_the_journal(conver
     assert chat(host, with_key=True) == ITALIAN
 
 
+# Fault injector for a slow start: vLLM's own process sleeps before it runs, while the unit is active
+# (Type=exec: started once the program is executed), so clients see "connection refused" as they do
+# while vLLM loads a large model (it binds its port before loading, and listen()s only when ready).
+# It is a sitecustomize module on PYTHONPATH that only vllm.service gets (a drop-in), taken out of the
+# environment by the first process, so that vLLM's engine and worker processes start without it.
+SLOW_START_S = 90
+SLOW_START_DIR = "/run/llm-test-slow-start"
+SLOW_START_DROP_IN = "/etc/systemd/system/vllm.service.d/zz-test-slow-start.conf"
+SLOW_START_HOOK = """import os, sys, time
+delay = os.environ.pop("LLM_TEST_SLOW_START_S", "")
+if delay:
+    print(f"fault injector: slow start, {delay} s before vLLM runs", file=sys.stderr, flush=True)
+    time.sleep(float(delay))
+"""
+
+
+def test_a_slow_start_is_waited_for_within_the_budget_without_a_restart(converged, session_lab, tiny_model):
+    """Row 19: connection refused after a (re)start means "still loading"; the readiness wait keeps
+    waiting (vllm_ready_timeout), the run succeeds after one start, and nothing restarts the service."""
+    host = session_lab.host(HOST)
+    installed = host.run(
+        f"mkdir -p {SLOW_START_DIR} /etc/systemd/system/vllm.service.d\n"
+        f"cat > {SLOW_START_DIR}/sitecustomize.py <<'EOF'\n{SLOW_START_HOOK}EOF\n"
+        f"cat > {SLOW_START_DROP_IN} <<'EOF'\n[Service]\n"
+        f"Environment=PYTHONPATH={SLOW_START_DIR} LLM_TEST_SLOW_START_S={SLOW_START_S}\nEOF\n"
+        f"chmod 0755 {SLOW_START_DIR} && chmod 0644 {SLOW_START_DIR}/sitecustomize.py {SLOW_START_DROP_IN}"
+        " && systemctl daemon-reload"
+    )
+    assert installed.rc == 0, installed.stderr
+    since = int(time.time())
+    try:
+        slow = phase2(session_lab, tiny_model, "-e", "vllm_max_model_len=256")  # a change: one restart
+        journal = host.run(f"journalctl -u vllm.service --since @{since} -o cat --no-pager").stdout
+        state = host.run("systemctl show -p ActiveState -p NRestarts vllm.service").stdout
+    finally:
+        host.run(f"rm -rf {SLOW_START_DROP_IN} {SLOW_START_DIR} && systemctl daemon-reload")
+    try:
+        assert slow.returncode == 0, slow.output[-3000:]
+        assert f"fault injector: slow start, {SLOW_START_S} s before vLLM runs" in journal, journal[-2000:]
+        # the wait saw the refused connections and kept asking, within its budget
+        retries = [line for line in slow.output.splitlines() if line.startswith(f"FAILED - RETRYING: [{HOST}]: ")]
+        assert any("ready | Wait until the API lists the served model" in line for line in retries), retries
+        assert len([line for line in journal.splitlines() if line.startswith("Started vllm.service")]) == 1, journal
+        assert "ActiveState=active" in state, state
+        assert "NRestarts=0" in state, state
+        assert "--max-model-len 256" in host.run("systemctl show -p ExecStart vllm.service").stdout
+        assert chat(host, with_key=True) == ITALIAN
+    finally:
+        restored = phase2(session_lab, tiny_model)
+    assert restored.returncode == 0, restored.output[-3000:]
+
+
 def test_an_engine_that_exits_cleanly_is_restarted_and_serves_again(converged, session_lab):
     """A clean exit (status 0) is a death too: vLLM's server can exit 0 when its engine dies, which
     Restart=on-failure would leave down. SIGTERM makes the real server shut down and exit 0."""

@@ -5,6 +5,7 @@ directories through the endpoints a snapshot download uses, with the Hub's 401/4
 files metadata, its redirect of LFS files to a CDN on another origin, and injected faults.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from llm_toolkit.host.llm_hf import (
     HubError,
+    WriteError,
     backoff,
     check_file,
     check_request,
@@ -24,9 +26,11 @@ from llm_toolkit.host.llm_hf import (
     files_to_fetch,
     follow_redirect,
     hasher,
+    write_failure,
 )
 
 from tests.standins.hf_hub import hf_hub_standin
+from tests.unit import disk_faults
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -509,3 +513,75 @@ def test_a_corrupted_file_is_refused_before_the_snapshot_is_swapped_in(hub, cdn,
     assert "Traceback" not in output
     assert {path.name: path.read_bytes() for path in dest.iterdir()} == before
     assert leftovers(dest) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs to download into: a real file system that fills up."""
+    with disk_faults.small_disk(tmp_path / "disk") as disk:
+        yield disk
+
+
+def big_model(directory: Path, text: str) -> Path:
+    """A model whose weights take several of the module's 1 MiB writes."""
+    model_files(directory, text)
+    (directory / "model.safetensors").write_bytes(os.urandom(3 << 20))
+    return directory
+
+
+@disk_faults.needs_root
+def test_a_disk_that_fills_during_the_download_fails_in_one_line_and_keeps_the_previous_snapshot(
+    hub, small_disk, tmp_path
+):
+    """Row 18: the disk fills mid-download (after preflight's check passed): one line with the path,
+    "no space left" and the fix; the partial download removed; the previous snapshot as it was."""
+    dest = small_disk / "models" / "toolkit--tiny"
+    dest.parent.mkdir()
+    hub.repos["toolkit/tiny"] = hf_hub_standin.Repo("toolkit/tiny", big_model(tmp_path / "v1", "v1"))
+    assert snapshot(hub, dest)[0] == 0
+    before = {path.name: path.read_bytes() for path in dest.iterdir()}
+    newer = hf_hub_standin.Repo("toolkit/tiny", big_model(tmp_path / "v2", "v2"))
+    hub.repos["toolkit/tiny"] = newer
+    staged = dest.parent / f"{dest.name}.partial" / "model.safetensors"
+
+    def first_block_written() -> bool:
+        return staged.exists() and staged.stat().st_size >= 1 << 20
+
+    hub.midway = {"model.safetensors": disk_faults.fill_once(small_disk, first_block_written)}
+    rc, result, output = snapshot(hub, dest, revision=newer.commit)
+    assert rc != 0
+    assert result["msg"].startswith(
+        f"toolkit/tiny@{newer.commit}: no space left on the file system of {dest} while writing model.safetensors "
+        f"(after {1 << 20} bytes of it; "
+    ), result["msg"]
+    assert result["msg"].endswith(
+        f"fix: free disk under {dest.parent} or point vllm_models_dir at a larger volume, then run again"
+    )
+    assert "\n" not in result["msg"]
+    assert "Traceback" not in output
+    assert result["attempts"] == 0  # a full disk is not the network's fault: no retry
+    assert {path.name: path.read_bytes() for path in dest.iterdir()} == before
+    assert leftovers(dest) == []
+    hub.midway = {}
+    (small_disk / "filler").unlink()  # the fix: space freed, the same run lands the newer snapshot
+    rc, result, _ = snapshot(hub, dest, revision=newer.commit)
+    assert rc == 0, result
+    assert (dest / "model.safetensors").read_bytes() == newer.files["model.safetensors"].read_bytes()
+    assert leftovers(dest) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (WriteError("w.safetensors", 5, OSError(errno.ENOSPC, "No space left on device")), "no space left"),
+        (WriteError("w.safetensors", 5, OSError(errno.EDQUOT, "Disk quota exceeded")), "no space left"),
+        (OSError(errno.EACCES, "Permission denied", "/m/x.partial/config.json"), "cannot write config.json under"),
+    ],
+    ids=["full", "quota", "permission"],
+)
+def test_a_write_failure_is_one_line_naming_the_path_and_the_fix(error, words):
+    message = write_failure("o/n@abc", "/m/x", error, 1_000_000, 3_000_000)
+    assert message.startswith(f"o/n@abc: {words}")
+    assert "/m/x" in message
+    assert "the partial download was removed and the previous snapshot is kept; fix: " in message
+    assert ("free disk under /m or point vllm_models_dir at a larger volume" in message) is (words == "no space left")

@@ -89,6 +89,8 @@ def test_describe_progress_before_any_layer_says_the_status():
         ("something odd", 502, True),
         ("something odd", 400, False),
         ("invalid digest format", None, False),
+        ("write /srv/models-503/blobs/sha256-0a1b-partial: no space left on device", None, False),
+        ("max retries exceeded: write /m/blobs/sha256-0a1b-partial: disk quota exceeded", None, False),
     ],
 )
 def test_only_network_rate_limit_and_server_errors_are_retried(error, status, transient):

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from tests.standins.ollama import depot
+from tests.unit import disk_faults
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -354,3 +355,56 @@ def test_the_pull_action_in_check_mode_only_says_it_would_pull(ollama, tmp_path)
     assert (result["changed"], "polls" in result, "digest" in result) == (True, False, False)
     assert "polls in" not in output
     assert json.loads(call(base, "/api/tags")[1]) == {"models": []}
+
+
+@disk_faults.needs_root
+def test_a_disk_that_fills_during_a_pull_fails_at_once_with_the_fix_and_keeps_the_models_there(
+    registry, depot_server, tmp_path
+):
+    """Row 18: the stand-in fails the pull as Ollama does ("write <blob>-partial: no space left on device",
+    no retry); the module says so in one line with the path and the fix, removes the partial download,
+    and the model pulled before, and the server, are untouched."""
+    root, _, archive = registry
+    with disk_faults.small_disk(tmp_path / "models") as models:
+        process, base, _ = start_standin(archive, tmp_path)
+        try:
+            rc, first = pull_module(f"name={TAG} url={base} models_dir={models}")
+            assert rc == 0, first
+            other = tmp_path / "other"
+            other.mkdir()
+            (other / "model.safetensors").write_bytes(os.urandom(3 * 1024 * 1024))
+            (other / "config.json").write_text('{"architectures": ["Gemma2ForCausalLM"]}')
+            depot.write_model(root, "gemma2:2b", other, "gemma2")
+            kept = {path.name: path.read_bytes() for path in (models / "blobs").iterdir()}
+            depot_server.bytes_per_second = 1_000_000
+
+            def partly_written() -> bool:
+                return any(path.stat().st_size for path in (models / "blobs").glob("sha256-*-partial"))
+
+            filler = disk_faults.fill_in_background(models, partly_written)
+            try:
+                rc, result = pull_module(f"name=gemma2:2b url={base} models_dir={models} retries=2 backoff=0")
+            finally:
+                depot_server.bytes_per_second = 0
+                filler.join(timeout=60)
+            assert rc != 0
+            assert result["attempts"] == 1  # a full disk is not retried
+            where = re.escape(str(models))
+            assert re.fullmatch(
+                rf"pull failed: write {where}/blobs/sha256-[0-9a-f]{{64}}-partial: no space left on device; the "
+                rf"file system of {where} filled up during the pull; the models already there are kept; fix: free "
+                rf"disk under {where} or point ollama_models_dir at a larger volume, then run again",
+                result["msg"],
+            ), result["msg"]
+            assert result["removed_partials"], result
+            assert not list((models / "blobs").glob("*-partial*"))
+            # the model pulled before is whole (Ollama keeps the new model's complete blobs for the next pull)
+            assert {name: (models / "blobs" / name).read_bytes() for name in kept} == kept
+            listed = {model["name"] for model in json.loads(call(base, "/api/tags")[1])["models"]}
+            assert listed == {TAG}
+            (models / "filler").unlink()  # the fix: space freed, the same pull lands
+            rc, result = pull_module(f"name=gemma2:2b url={base} models_dir={models}")
+            assert rc == 0, result
+        finally:
+            process.terminate()
+            process.wait(timeout=10)

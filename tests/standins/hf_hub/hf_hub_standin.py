@@ -21,7 +21,9 @@ answers with; `server.corrupt` is a set of file names served with their last byt
 unchanged); `server.cuts` maps a file name to a list of "length" / "chunked": each download of it takes one
 and sends half the body (with the full Content-Length, or chunked without the last chunk), then closes the
 connection; `server.redirects` maps a file name to a Location its resolve URL answers 302 with;
-`server.renamed` maps an old repository id to its new one (a relative 307, as the Hub does after a rename).
+`server.renamed` maps an old repository id to its new one (a relative 307, as the Hub does after a rename);
+`server.midway` maps a file name to a function called (with no arguments) once half of its body is sent,
+before the rest: what happens on the host during a download (its disk filling up, ...).
 `server.requests` lists the paths asked for, `server.authorizations` (path, Authorization header or None).
 `start(..., tls=(certfile, keyfile))` serves https. Standard library only.
 """
@@ -211,6 +213,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if name in self.server.corrupt and data:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         cuts = self.server.cuts.get(name)
+        midway = self.server.midway.get(name)
+        if midway and not cuts:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            midway()
+            try:
+                self.wfile.write(data[len(data) // 2 :])
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (its disk is full)
+                self.close_connection = True
+            return
         if not cuts:
             self._send(200, data, "application/octet-stream", headers)
             return
@@ -254,6 +272,7 @@ def start(
     server.cuts = {}
     server.redirects = {}
     server.renamed = {}
+    server.midway = {}
     server.cdn = None
     server.requests = []
     server.authorizations = []

@@ -581,7 +581,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             with urllib.request.urlopen(f"{base}/blobs/{digest}", timeout=60) as response, partial.open("wb") as out:  # noqa: S310
                 while block := response.read(CHUNK):
-                    out.write(block)
+                    try:
+                        out.write(block)
+                        out.flush()
+                    except OSError as exc:
+                        # Ollama (server/download.go) gives up at once when the disk is full, without a
+                        # retry, and streams Go's error: "write <blob>-partial: no space left on device".
+                        raise PullError(f"write {partial}: {(exc.strerror or str(exc)).lower()}") from exc
                     hasher.update(block)
                     completed += len(block)
                     emit({"status": status, "digest": digest, "total": total, "completed": completed})

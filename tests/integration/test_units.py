@@ -91,12 +91,22 @@ def inside_the_running_service(host, service: str, depot_url: str) -> dict:
 COMMANDS = re.compile(r"^(ExecStart|ExecStartPre|ExecStartPost|ExecStop|ExecReload|Type|Restart)=", re.M)
 
 
+def without_commands(loaded: str) -> list[str]:
+    """`systemctl cat` output (unit and drop-ins) without comments, commands and [Install] sections."""
+    kept, section = [], ""
+    for line in loaded.splitlines():
+        if line.startswith("["):
+            section = line
+        if section != "[Install]" and not line.startswith("#") and not COMMANDS.match(line):
+            kept.append(line)
+    return kept
+
+
 def as_the_services_own_unit(host, service: str, depot_url: str) -> dict:
     """The unit as systemd loaded it (drop-ins included), its commands replaced by the probe."""
     loaded = host.run(f"systemctl cat {service}")
     assert loaded.rc == 0, loaded.stderr
-    text = loaded.stdout.split("[Install]")[0]
-    kept = "\n".join(line for line in text.splitlines() if not line.startswith("#") and not COMMANDS.match(line))
+    kept = "\n".join(without_commands(loaded.stdout))
     probe = service.replace(".service", "-sandbox-probe")
     unit = (
         f"{kept}\n[Service]\nType=oneshot\nRestart=no\nStandardOutput=file:/run/{probe}.json\n"

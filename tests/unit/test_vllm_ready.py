@@ -72,7 +72,7 @@ def wait_for(port: int, retries: int, tmp_path: Path) -> subprocess.CompletedPro
     extra = {
         "ansible_python_interpreter": sys.executable,
         "__vllm_api_base": f"http://127.0.0.1:{port}",
-        "vllm_api_key": "",
+        "__vllm_ready_key": "",
         "vllm_served_model_name": "mixtral",
         "vllm_secure_logging": True,
         "vllm_ready_timeout": retries,

@@ -189,6 +189,20 @@ def _shape_error(api: str, line: str) -> BenchmarkError:
     return BenchmarkError(f"the answer is not an {api} chat stream: {line[:120]!r}")
 
 
+def _stream_event(api: str, payload: str, line: str) -> dict:
+    """The JSON object one stream line carries; BenchmarkError when it is not one, or when the
+    stream reports an error in it."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise _shape_error(api, line) from None
+    if not isinstance(event, dict):
+        raise _shape_error(api, line)
+    if event.get("error"):
+        raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
+    return event
+
+
 def openai_event(line: str) -> tuple[str, int | None] | None:
     """(content, completion tokens reported or None) of one SSE line of an OpenAI chat stream;
     None for lines that carry no event (comments, `event:`/`id:`/`retry:` fields, [DONE]).
@@ -200,14 +214,7 @@ def openai_event(line: str) -> tuple[str, int | None] | None:
     data = line[5:].strip()
     if data == "[DONE]":
         return None
-    try:
-        event = json.loads(data)
-    except ValueError:
-        raise _shape_error("openai", line) from None
-    if not isinstance(event, dict):
-        raise _shape_error("openai", line)
-    if event.get("error"):
-        raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
+    event = _stream_event("openai", data, line)
     choices, usage = event.get("choices", []), event.get("usage")
     if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
         raise _shape_error("openai", line)
@@ -226,14 +233,7 @@ def openai_event(line: str) -> tuple[str, int | None] | None:
 
 def ollama_event(line: str) -> tuple[str, int | None, bool]:
     """(content, eval_count or None, done) of one NDJSON line of Ollama's chat stream."""
-    try:
-        event = json.loads(line)
-    except ValueError:
-        raise _shape_error("ollama", line) from None
-    if not isinstance(event, dict):
-        raise _shape_error("ollama", line)
-    if event.get("error"):
-        raise BenchmarkError(f"the stream reported an error: {str(event['error'])[:200]}")
+    event = _stream_event("ollama", line, line)
     message = event.get("message") or {}
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(message, dict) or not isinstance(content, str | None):

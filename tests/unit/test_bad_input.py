@@ -89,6 +89,14 @@ def test_smoke_test_refuses_a_timeout_that_is_not_a_deadline(value):
     assert_one_line_exit_2(run_script([*args, f"--timeout={value}"]), "argument --timeout")
 
 
+def one_benchmark_request(url: str, api: str, *args: str) -> list[str]:
+    """scripts/benchmark.py sending exactly one request (no warm-up, one run, one draft) to url."""
+    return [
+        "scripts/benchmark.py", "--base-url", url, "--api", api, "--model", "m", "--no-progress",
+        "--runs", "1", "--warmup", "0", "--drafts", "1", *args,
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("api", "mode", "body", "expected"),
     [
@@ -106,28 +114,7 @@ def test_smoke_test_refuses_a_timeout_that_is_not_a_deadline(value):
 def test_benchmark_counts_an_answer_that_is_empty_garbage_or_cut_short_as_an_error(tmp_path, api, mode, body, expected):
     out = tmp_path / "report.json"
     with FaultServer().serve(mode, body) as server:
-        result = run_script(
-            [
-                "scripts/benchmark.py",
-                "--base-url",
-                server.url,
-                "--api",
-                api,
-                "--model",
-                "m",
-                "--no-progress",
-                "--runs",
-                "1",
-                "--warmup",
-                "0",
-                "--drafts",
-                "1",
-                "--timeout",
-                "10",
-                "--json",
-                str(out),
-            ]
-        )
+        result = run_script(one_benchmark_request(server.url, api, "--timeout", "10", "--json", str(out)))
     assert_one_line_exit_2(result, expected)
     assert "unreachable" not in result.stderr
     report = json.loads(out.read_text())
@@ -140,28 +127,7 @@ def test_benchmark_the_timeout_is_a_deadline_for_an_endless_stream(tmp_path):
     # this server, so only the request's deadline ends the run (the subprocess limit ends the test).
     event = b'data: {"choices": [{"delta": {"content": " t"}}]}\n\n'
     with FaultServer().serve("endless-stream", event) as server:
-        result = run_script(
-            [
-                "scripts/benchmark.py",
-                "--base-url",
-                server.url,
-                "--api",
-                "openai",
-                "--model",
-                "m",
-                "--no-progress",
-                "--runs",
-                "1",
-                "--warmup",
-                "0",
-                "--drafts",
-                "1",
-                "--max-tokens",
-                "5",
-                "--timeout",
-                "1",
-            ]
-        )
+        result = run_script(one_benchmark_request(server.url, "openai", "--max-tokens", "5", "--timeout", "1"))
     assert_one_line_exit_2(result, "its body did not end in time")
     assert "within 1 s (the request's deadline)" in result.stderr
 

@@ -67,8 +67,21 @@ unit: venv ## Unit tests (no lab needed)
 integration: deps venv wheel ## Integration tests: real playbooks on lab hosts
 	pytest tests/integration
 
+# make test runs two pytest processes side by side (the session lab's tests wait on services much of
+# the time, and the machine has two cores): the modules on the session lab, in order; and beside them
+# the unit tests and the modules that boot labs of their own, or none, whose report follows.
+BESIDE_SESSION_LAB := tests/unit $(addprefix tests/integration/,test_fleet.py test_lab_features.py \
+	test_lab_lifecycle.py test_secrets.py test_tiny_model.py)
+BESIDE_LOG := .test-beside-the-session-lab.log
+
 test: deps venv wheel lint ## Everything CI runs: lint, unit and integration tests
-	pytest --durations=25 tests/unit tests/integration
+	pytest --durations=15 $(BESIDE_SESSION_LAB) > $(BESIDE_LOG) 2>&1 & beside=$$!; \
+	pytest --durations=25 tests/integration $(addprefix --ignore=,$(filter tests/integration/%,$(BESIDE_SESSION_LAB))) \
+		&& session=0 || session=$$?; \
+	wait $$beside && other=0 || other=$$?; \
+	echo "=== beside the session lab: $(BESIDE_SESSION_LAB)"; cat $(BESIDE_LOG); \
+	echo "=== exit status: session lab $$session, beside it $$other"; \
+	exit $$(( session > other ? session : other ))
 
 constraints: ## Re-pin every package of the venv after changing requirements.txt, and re-lock it
 	rm -rf $(VENV) && python3 -m venv $(VENV)

@@ -3,7 +3,7 @@
 {{ {'backend': 'vllm', ...} | llm_backend_record }}        the local fact's text, checked against the contract
 {{ ansible_facts['ansible_local'] | llm_recorded_backends }} the recorded backends, vLLM first, each checked
 {{ record | llm_smoke_command(venv, timeout, max_latency) }} the smoke test's argv for one backend
-{{ record | llm_benchmark_command(venv, options, report_dir, gpu, model, format) }}  the benchmark's argv
+{{ record | llm_benchmark_command(venv, options, report_dir, gpu, model, format, gateway) }}  the benchmark's argv
 {{ records | llm_benchmark_reports(report_dir) }}          where the reports of the backends land
 {{ timeout_s | llm_smoke_time_limit }}                      the smoke task's time limit (timeout:)
 {{ options | llm_benchmark_time_limit(queries) }}           the benchmark task's time limit (timeout:)
@@ -51,8 +51,10 @@ def smoke(record, venv, timeout_s, max_latency_s=None):
     return smoke_command(dict(record), str(venv), timeout_s, max_latency_s)
 
 
-def benchmark(record, venv, options, report_dir, gpu, model, fmt):
-    return benchmark_command(dict(record), str(venv), dict(options), str(report_dir), str(gpu or ""), model, fmt)
+def benchmark(record, venv, options, report_dir, gpu, model, fmt, gateway=None):
+    return benchmark_command(
+        dict(record), str(venv), dict(options), str(report_dir), str(gpu or ""), model, fmt, dict(gateway or {})
+    )
 
 
 def reports(records, report_dir):

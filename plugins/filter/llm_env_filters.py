@@ -3,7 +3,8 @@
 {{ {'LLM_BACKEND': 'vllm', 'VLLM_API_KEY': key} | llm_dotenv }}           the file's text
 {{ {'LLM_BACKEND': 'vllm'} | llm_dotenv_errors }}                         refusals, naming keys only
 {{ records | llm_ready_backends(probe_results, preference) }}             the records that answered with their model
-{{ ready | llm_app_env_pairs(vllm_api_key, timeout_s, extra) }}           the app's settings
+{{ ready | llm_app_env_pairs(vllm_api_key, timeout_s, extra, gateway) }}  the app's settings
+{{ gateway | llm_fleet_app_env_pairs(model, timeout_s, extra) }}          an llm_apps host's, for the fleet gateway
 {{ 'VLLM_API_KEY' | llm_systemd_env(key) }}                                one line of a systemd EnvironmentFile=
 {{ {'VLLM_API_KEY': key} | llm_systemd_env_errors }}                       refusals, naming keys only
 """
@@ -16,6 +17,7 @@ from llm_toolkit.envfile import (
     DotenvError,
     app_env_pairs,
     encode_value,
+    fleet_app_env_pairs,
     ready_backends,
     render,
     systemd_errors,
@@ -51,9 +53,9 @@ def ready(records, probe_results, preference):
     return ready_backends(list(records), answers, list(preference))
 
 
-def pairs(ready_records, vllm_api_key, timeout_s, extra=None):
+def pairs(ready_records, vllm_api_key, timeout_s, extra=None, gateway=None):
     try:
-        return app_env_pairs(list(ready_records), vllm_api_key, timeout_s, extra or {})
+        return app_env_pairs(list(ready_records), vllm_api_key, timeout_s, extra or {}, gateway or None)
     except DotenvError as error:
         raise AnsibleFilterError(str(error)) from None
 
@@ -72,6 +74,7 @@ class FilterModule:
             "llm_dotenv_errors": dotenv_errors,
             "llm_ready_backends": ready,
             "llm_app_env_pairs": pairs,
+            "llm_fleet_app_env_pairs": fleet_app_env_pairs,
             "llm_systemd_env": systemd_env,
             "llm_systemd_env_errors": lambda pairs: systemd_errors(dict(pairs)),
         }

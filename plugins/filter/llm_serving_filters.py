@@ -56,12 +56,14 @@ def serving_plan(
     repo=None,
     tensor_parallel_size=None,
     errors="strict",
+    fallback_warm=False,
 ):
     """Plan for the host's GPUs; a mixed set is planned on its smallest and oldest GPU.
 
     tensor_parallel_size: an operator's choice, accepted only when vLLM would accept it and it fits.
     errors: "strict" raises on a request the planner refuses; "return" gives {"error": message} instead,
     for a role's input check to report in its own words.
+    fallback_warm: leave room on the GPUs for Ollama's copy of the model (llm_fallback_warm).
     """
     if not isinstance(gpus, list) or not gpus:
         raise AnsibleFilterError(f"llm_serving_plan: expected a non-empty list of GPUs, got {gpus!r}")
@@ -78,6 +80,7 @@ def serving_plan(
             gpu_memory_utilization=gpu_memory_utilization,
             concurrency=concurrency,
             kv_cache_dtype=kv_cache_dtype,
+            fallback_warm=fallback_warm,
         )
         if tensor_parallel_size not in (None, ""):
             return plan_with_tensor_parallel(request, entry, load_serving(), int(tensor_parallel_size))

@@ -20,7 +20,7 @@ description:
     followed without it, and a redirect from https to http is refused.
   - HTTP 429 and 5xx answers, network errors and bodies cut short are retried with backoff; 401, 403 and 404 fail
     at once with a message that tells them apart; a checksum mismatch fails at once.
-  - A write that fails (the disk filling up during the download) is not retried either: the staging directory is
+  - A write that fails (the disk filling up during the download) is not retried either; the staging directory is
     removed first, then one line names O(dest), the file, "no space left" and the fix.
 options:
   repo:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
@@ -44,7 +43,11 @@ HOST_PACKAGES = [
     "python3-venv",
     "zstd",
     "libnuma1",
+    # The gateway's configuration is run by the real HAProxy in the unit tests (tests/unit/test_gateway_config.py).
+    "haproxy",
 ]
+# Packages whose Debian install starts a service this machine does not need (it is stopped and disabled).
+NO_SERVICE = {"haproxy": "haproxy.service"}
 PROFILES_FILE = system.STANDINS / "nvidia_smi" / "profiles.json"
 
 DESCRIPTION = """\
@@ -161,12 +164,8 @@ class Lab:
         nodes = self.state_dir / "nodes"
         return sorted(path.name for path in nodes.iterdir()) if nodes.is_dir() else []
 
-    @contextlib.contextmanager
     def locked(self):
-        self.home.joinpath("labs").mkdir(parents=True, exist_ok=True)
-        with open(self.home / "labs" / f".{self.name}.lock", "w", encoding="utf-8") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return system.file_lock(self.home / "labs" / f".{self.name}.lock")
 
     def write_inventory(self, spec: LabSpec, output: str | None = None) -> Path | None:
         text = render_inventory(spec, self.key)
@@ -203,6 +202,8 @@ def cmd_deps(lab: Lab, args: argparse.Namespace) -> int:
         )
         if result.returncode != 0:
             raise LabError(f"apt-get install {' '.join(missing)} failed: {result.stderr.strip().splitlines()[-1:]}")
+        for unit in (NO_SERVICE[package] for package in missing if package in NO_SERVICE):
+            subprocess.run(["systemctl", "disable", "--now", unit], capture_output=True, check=False)
     return 0
 
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import system
 from .core import LabError, apt_mirror, overlay_lower_dirs, recipe_key
 
 SUITE = "bookworm"
@@ -91,6 +92,13 @@ def build_image(lab_home: Path, suite: str = SUITE, log=print) -> Path:
     target = image_path(lab_home, suite)
     if (target / "usr/lib/systemd/systemd").exists():
         return target
+    with system.shared_lock(lab_home):  # another lab may be building it right now
+        if not (target / "usr/lib/systemd/systemd").exists():
+            _build_image(lab_home, target, suite, log)
+    return target
+
+
+def _build_image(lab_home: Path, target: Path, suite: str, log) -> None:
     sources = host_sources()
     mirror = apt_mirror(sources.read_text())
     work = target.with_name(target.name + ".tmp")
@@ -122,7 +130,6 @@ def build_image(lab_home: Path, suite: str = SUITE, log=print) -> Path:
     (work / "etc/resolv.conf").unlink()
     work.rename(target)
     remove_unused_images(target)
-    return target
 
 
 def remove_unused_images(keep: Path) -> None:

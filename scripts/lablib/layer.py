@@ -14,7 +14,6 @@ keys, journal, mount points), becomes the layer. One build at a time runs on a m
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -90,12 +89,8 @@ def ensure_layer(lab_home: Path, name: str, image: Path, ssh_key: Path, log=prin
     return target
 
 
-@contextlib.contextmanager
 def build_lock(lab_home: Path):
-    layers_dir(lab_home).mkdir(parents=True, exist_ok=True)
-    with open(layers_dir(lab_home) / ".build.lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return system.file_lock(layers_dir(lab_home) / ".build.lock")
 
 
 def build_layer(lab_home: Path, recipe: LayerRecipe, image: Path, ssh_key: Path, target: Path, log=print) -> None:

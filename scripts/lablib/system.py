@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import ipaddress
 import os
 import shutil
@@ -119,11 +120,33 @@ def node_cgroups(node: str) -> list[Path]:
 # --- ssh key ---------------------------------------------------------------------------------
 
 
+# iptables waits for the xtables lock instead of failing when another lab changes its rules at once.
+IPTABLES = ["iptables", "-w"]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on path (made with its directory when missing), held while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def shared_lock(lab_home: Path):
+    """Held while one lab makes what every lab on the machine shares (the ssh key, the image): labs
+    that come up at the same time (the test suite runs two at once) would build them twice in one place."""
+    return file_lock(lab_home / ".shared.lock")
+
+
 def ensure_key(lab_home: Path) -> Path:
     key = lab_home / "keys" / "id_ed25519"
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llm-lab", "-f", str(key)])
+    if key.exists():
+        return key
+    with shared_lock(lab_home):
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llm-lab", "-f", str(key)])
     return key
 
 
@@ -164,21 +187,21 @@ def apply_nat(spec: LabSpec) -> None:
     """
     for table, rule in iptables_rules(spec):
         if not _rule_present(table, rule):
-            run(["iptables", "-t", table, "-I", rule[0], "1", *rule[1:]])
+            run([*IPTABLES, "-t", table, "-I", rule[0], "1", *rule[1:]])
     for table, rule in iptables_rules(spec, nat=not spec.nat):
         while _rule_present(table, rule):
-            run(["iptables", "-t", table, "-D", *rule])
+            run([*IPTABLES, "-t", table, "-D", *rule])
 
 
 def _rule_present(table: str, rule: list[str]) -> bool:
-    return run(["iptables", "-t", table, "-C", *rule], check=False).returncode == 0
+    return run([*IPTABLES, "-t", table, "-C", *rule], check=False).returncode == 0
 
 
 def network_down(spec: LabSpec) -> None:
     for table in ("nat", "filter"):
-        listing = run(["iptables", "-t", table, "-S"]).stdout.splitlines()
+        listing = run([*IPTABLES, "-t", table, "-S"]).stdout.splitlines()
         for deletion in rules_to_delete(listing, spec.comment):
-            run(["iptables", "-t", table, *deletion], check=False)
+            run([*IPTABLES, "-t", table, *deletion], check=False)
     if link_exists(spec.bridge):
         run(["ip", "link", "del", spec.bridge])
 
@@ -186,7 +209,7 @@ def network_down(spec: LabSpec) -> None:
 def leftover_rules(spec: LabSpec) -> list[str]:
     found = []
     for table in ("nat", "filter"):
-        listing = run(["iptables", "-t", table, "-S"]).stdout.splitlines()
+        listing = run([*IPTABLES, "-t", table, "-S"]).stdout.splitlines()
         found += [f"-t {table} -A {' '.join(rule[1:])}" for rule in rules_to_delete(listing, spec.comment)]
     return found
 
@@ -396,7 +419,8 @@ def stop_node(state_dir: Path, node_name: str, timeout: float = 30, keep_upper: 
         time.sleep(0.1)
     for leftover in (nspawn_pid(paths, node_name), supervisor_pid(paths), *_cgroup_pids(node_name)):
         if leftover:
-            os.kill(leftover, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it ended between the listing and the kill
+                os.kill(leftover, signal.SIGKILL)
     _wait_gone(node_name)
     for cgroup in node_cgroups(node_name):
         _remove_cgroup(cgroup)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 
+from llm_toolkit.benchmark import OVERHEAD_WARMUP_PAIRS
+
 # Local facts of the service roles, in the app's order of preference (vLLM first, Ollama the fallback).
 BACKEND_FACTS = {"vllm": "llm_vllm", "ollama": "llm_ollama"}
 
@@ -135,16 +137,49 @@ def smoke_time_limit(timeout_s) -> int:
 
 def benchmark_time_limit(options: dict, queries: int) -> int:
     """The task's time limit for one benchmark run: every request at its deadline (per query and run,
-    one streamed request, the concurrent drafts and the n= request), plus the margin."""
+    one streamed request, the concurrent drafts and the n= request; the gateway's overhead, both ways,
+    its warm-up included), plus the margin."""
     requests = (int(options["warmup"]) + int(options["runs"])) * (int(queries) or DEFAULT_BENCHMARK_QUERIES) * 3
+    gateway = int(options.get("gateway_requests") or 0)
+    if gateway:
+        requests += 2 * (OVERHEAD_WARMUP_PAIRS + gateway)
     return math.ceil(requests * float(options["timeout_s"])) + COMMAND_MARGIN_S
 
 
-def benchmark_command(record: dict, venv: str, options: dict, report_dir: str, gpu: str, model: str, fmt: str) -> list:
+def benchmark_gateway_arguments(record: dict, gateway: dict | None, requests: int) -> list:
+    """The benchmark's --gateway-* arguments for one backend. The gateway's overhead is measured in the
+    run of the backend it sends its requests to (the first of its servers, while it serves); the other
+    runs say why they have no figures. gateway: the host's llm_gateway.fact, or empty without one."""
+    if not gateway:
+        return ["--gateway-absent-reason", "no gateway on this host (no llm_gateway.fact)"]
+    primary = (gateway.get("servers") or ["none"])[0]
+    if record["backend"] != primary:
+        return [
+            "--gateway-absent-reason",
+            f"the gateway sends its requests to {primary}: its overhead is in the {primary} report",
+        ]
+    argv = ["--gateway-url", gateway["url"], "--gateway-key-stdin", "--gateway-requests", str(requests)]
+    if gateway.get("ca_file"):
+        argv += ["--gateway-ca-file", gateway["ca_file"]]
+    return argv
+
+
+def benchmark_command(
+    record: dict,
+    venv: str,
+    options: dict,
+    report_dir: str,
+    gpu: str,
+    model: str,
+    fmt: str,
+    gateway: dict | None = None,
+) -> list:
     """The argv that benchmarks one recorded backend from the helper venv, its reports in report_dir.
 
-    options: runs, warmup, drafts, max_tokens, timeout_s and queries_file (empty: the plan's queries).
-    The memory-bandwidth bound needs the GPU's name and the catalog model: asked for on vLLM GPU hosts.
+    options: runs, warmup, drafts, max_tokens, timeout_s, queries_file (empty: the plan's queries) and
+    gateway_requests. The memory-bandwidth bound needs the GPU's name and the catalog model: asked for
+    on vLLM GPU hosts. gateway: the host's llm_gateway.fact (benchmark_gateway_arguments); its key
+    comes on standard input after the backend's.
     """
     stem = f"{report_dir}/{record['backend']}"
     argv = [f"{venv}/bin/python", "-m", "llm_toolkit.benchmark", "--base-url", record["base_url"]]
@@ -157,6 +192,7 @@ def benchmark_command(record: dict, venv: str, options: dict, report_dir: str, g
         argv.append("--api-key-stdin")
     if options.get("queries_file"):
         argv += ["--queries", options["queries_file"]]
+    argv += benchmark_gateway_arguments(record, gateway, int(options.get("gateway_requests") or 0))
     if gpu:
         argv += ["--gpu", gpu]
     if gpu and record["backend"] == "vllm" and record["accelerator"] == "gpu":

@@ -4,6 +4,8 @@ speed, and the time of the 3 drafts the app writes per answer.
     scripts/benchmark.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR | --api-key-stdin]
         [--runs N] [--warmup K] [--drafts 3] [--max-tokens T] [--queries FILE]
         [--json OUT] [--markdown OUT] [--plot OUT.png] [--gpu NAME] [--catalog-model KEY --format F]
+        [--gateway-url URL --gateway-key-stdin [--gateway-ca-file CA] [--gateway-requests N]
+         | --gateway-absent-reason TEXT]
     scripts/benchmark.py --compare A.json B.json ... [--markdown OUT] [--plot OUT.png]
 
 Every time is taken on the client with a monotonic clock. Per query and run: one streamed request
@@ -13,6 +15,13 @@ tokens the server reports where the API gives them, else the streamed chunks, an
 then `--drafts` concurrent requests (their wall time), and on the OpenAI API one request with
 n=drafts. Warm-up runs are not recorded. Where nvidia-smi answers, GPU utilization and memory
 are sampled every second during the run. --compare renders one table and chart over several reports.
+
+The gateway's overhead (--gateway-url): after the run, --gateway-requests non-streamed chat requests
+(max_tokens 1, one fixed prompt) to the backend directly and as many through the gateway, sent in turn
+(direct, gateway, direct, gateway, ...) so that a drift of the host hits both alike; the report gives
+the p50 of each, their difference and ratio. Keys come on standard input, one a line: the backend's
+first (--api-key-stdin), then the gateway's (--gateway-key-stdin). Without --gateway-url the figures
+are null and the report says why (--gateway-absent-reason).
 
 Exit status: 0 every request succeeded; 1 a request failed after some were measured (the run
 stops there; the samples gathered so far are kept in the JSON); 2 bad arguments, or the first
@@ -133,7 +142,52 @@ def summarise(samples: list[dict]) -> dict:
     }
 
 
-def markdown(config: dict, summary: dict, per_query: dict) -> str:
+def gateway_overhead(direct_ms: list[float], gateway_ms: list[float], reason: str | None = None) -> dict:
+    """The gateway's overhead from the latencies (ms) of the same requests sent directly and through it,
+    in turn: p50 of each, their difference (gateway - direct), their ratio, and the p50 of the paired
+    differences (each gateway request minus the direct one sent just before it). With no pair, or a
+    reason, every figure is null and `reason` says why (a figure that was not measured is never a number)."""
+    pairs = min(len(direct_ms), len(gateway_ms))
+    if reason is None and pairs == 0:
+        reason = "no request was measured"
+    if reason is not None:
+        return {
+            "direct_ms_p50": None,
+            "gateway_ms_p50": None,
+            "overhead_ms_p50": None,
+            "ratio_p50": None,
+            "paired_overhead_ms_p50": None,
+            "samples": 0,
+            "reason": reason,
+        }
+    direct, gateway = percentile(direct_ms[:pairs], 0.5), percentile(gateway_ms[:pairs], 0.5)
+    return {
+        "direct_ms_p50": direct,
+        "gateway_ms_p50": gateway,
+        "overhead_ms_p50": gateway - direct,
+        "ratio_p50": gateway / direct if direct > 0 else None,
+        "paired_overhead_ms_p50": percentile([g - d for d, g in zip(direct_ms, gateway_ms, strict=False)], 0.5),
+        "samples": pairs,
+        "reason": None,
+    }
+
+
+def overhead_line(overhead: dict | None) -> str:
+    """One Markdown line about the gateway's overhead: the figures, or why there are none."""
+    if not overhead:
+        return "Gateway overhead: not measured (the report predates it)."
+    if overhead.get("reason"):
+        return f"Gateway overhead: not measured: {overhead['reason']}."
+    ratio = f"x{overhead['ratio_p50']:.3f}" if overhead.get("ratio_p50") is not None else "ratio n/a"
+    return (
+        f"Gateway overhead ({overhead['samples']} non-streamed requests each way, in turn): "
+        f"direct p50 {overhead['direct_ms_p50']:.2f} ms, through the gateway p50 {overhead['gateway_ms_p50']:.2f} ms, "
+        f"overhead {overhead['overhead_ms_p50']:+.2f} ms at p50 ({ratio}; paired p50 "
+        f"{overhead['paired_overhead_ms_p50']:+.2f} ms)."
+    )
+
+
+def markdown(config: dict, summary: dict, per_query: dict, overhead: dict | None = None) -> str:
     """A table shaped like the plan's: configuration, single query, 3 drafts, tokens/s."""
 
     def seconds(value: float | None) -> str:
@@ -166,16 +220,17 @@ def markdown(config: dict, summary: dict, per_query: dict) -> str:
             f"({config['hardware_bound_tokens_per_s']:.0f} tokens/s on {config['gpu']}).",
         ]
     lines += ["", f"Tokens counted from: {summary['token_count_source']}."]
+    lines += ["", overhead_line(overhead)]
     return "\n".join(lines) + "\n"
 
 
 # -- requests ------------------------------------------------------------------------------------
 
 
-def _post(url: str, body: dict, headers: dict, timeout: float) -> Response:
+def _post(url: str, body: dict, headers: dict, timeout: float, ca_file: str | None = None) -> Response:
     """The response to a POST whose status is 200; --timeout bounds the whole request, body included."""
     try:
-        response = post_json(url, body, headers, timeout)
+        response = post_json(url, body, headers, timeout, ca_file)
     except HttpFailure as error:
         raise BenchmarkError(str(error)) from None
     if response.status != 200:
@@ -339,6 +394,72 @@ def n_at_once(args: argparse.Namespace, query: str) -> dict:
     return {"wall_s": time.perf_counter() - started, "tokens": usage.get("completion_tokens")}
 
 
+# The gateway's overhead is measured on a short request that is the same every time (vLLM's prefix
+# cache keeps its prompt), so that the engine's share of each request is small and steady.
+OVERHEAD_PROMPT = "Rispondi con una sola parola: ciao?"
+OVERHEAD_PATH = "/v1/chat/completions"
+OVERHEAD_MAX_TOKENS = 1
+OVERHEAD_WARMUP_PAIRS = 2  # not recorded: the first connections, the first pass through the gateway
+
+
+def timed_chat(url: str, model: str, key: str, timeout: float, ca_file: str | None = None) -> float:
+    """Milliseconds one non-streamed chat request takes, from sending it to its whole answer read;
+    BenchmarkError when the answer is not a chat completion."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": OVERHEAD_PROMPT}],
+        "max_tokens": OVERHEAD_MAX_TOKENS,
+        "temperature": 0,
+        "stream": False,
+    }
+    started = time.perf_counter()
+    with _post(url, body, headers, timeout, ca_file) as response:
+        try:
+            payload = response.json()
+        except HttpFailure as error:
+            raise BenchmarkError(str(error)) from None
+    elapsed = (time.perf_counter() - started) * 1000
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise BenchmarkError(f"{url} answered HTTP 200 without choices: {str(payload)[:120]}")
+    return elapsed
+
+
+def measure_gateway_overhead(args: argparse.Namespace, progress) -> tuple[dict, str | None]:
+    """The gateway's overhead (gateway_overhead) and the message of a failed request, or None.
+    The requests go in turn, direct then through the gateway, so that a drift hits both alike."""
+    direct_url = f"{args.base_url}{OVERHEAD_PATH}"
+    gateway_url = f"{args.gateway_url}{OVERHEAD_PATH}" if args.gateway_url else None
+    about = {
+        "endpoint": OVERHEAD_PATH,
+        "max_tokens": OVERHEAD_MAX_TOKENS,
+        "direct_url": direct_url,
+        "gateway_url": gateway_url,
+        "warmup_pairs": OVERHEAD_WARMUP_PAIRS,
+    }
+    if not gateway_url:
+        reason = args.gateway_absent_reason or "no gateway was named (--gateway-url)"
+        return {**gateway_overhead([], [], reason), **about}, None
+    if args.gateway_requests == 0:
+        return {**gateway_overhead([], [], "--gateway-requests 0: not asked for"), **about}, None
+    direct: list[float] = []
+    through: list[float] = []
+    for index in range(OVERHEAD_WARMUP_PAIRS + args.gateway_requests):
+        try:
+            direct_ms = timed_chat(direct_url, args.model, args.api_key, args.timeout)
+            progress.update(1)
+            gateway_ms = timed_chat(gateway_url, args.model, args.gateway_key, args.timeout, args.gateway_ca_file)
+            progress.update(1)
+        except (BenchmarkError, HttpFailure) as error:
+            failed = {**gateway_overhead([], [], f"a request failed: {error}"), **about}
+            return {**failed, "direct_ms": direct, "gateway_ms": through}, str(error)
+        if index >= OVERHEAD_WARMUP_PAIRS:
+            direct.append(direct_ms)
+            through.append(gateway_ms)
+    return {**gateway_overhead(direct, through), **about, "direct_ms": direct, "gateway_ms": through}, None
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -455,6 +576,30 @@ def plot(path: Path, config: dict, summary: dict, per_query_stats: dict) -> None
     pyplot.close(figure)
 
 
+def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    gateway = parser.add_mutually_exclusive_group()
+    gateway.add_argument("--gateway-url", default="", help="the gateway in front of this backend, for its overhead")
+    gateway.add_argument("--gateway-absent-reason", default="", help="why the gateway's overhead is not measured")
+    parser.add_argument(
+        "--gateway-key-stdin", action="store_true", help="read the gateway's key from standard input (after --api-key)"
+    )
+    parser.add_argument("--gateway-ca-file", default="", help="a CA certificate to trust for an https gateway")
+    parser.add_argument("--gateway-requests", type=int, default=200, help="requests each way for the overhead")
+
+
+def _gateway_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the gateway's arguments, or None."""
+    if args.gateway_url and not re.match(r"^https?://[^\s/]+", args.gateway_url):
+        return f"--gateway-url {args.gateway_url!r} is not an http(s) URL"
+    if (args.gateway_key_stdin or args.gateway_ca_file) and not args.gateway_url:
+        return "--gateway-key-stdin and --gateway-ca-file need --gateway-url"
+    if args.gateway_ca_file and not Path(args.gateway_ca_file).is_file():
+        return f"--gateway-ca-file {args.gateway_ca_file}: no such file"
+    if args.gateway_requests < 0:
+        return f"--gateway-requests {args.gateway_requests} is negative"
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="scripts/benchmark.py", name="benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", required=True)
@@ -477,9 +622,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", default="awq", help="weights format of --catalog-model")
     parser.add_argument("--tensor-parallel", type=int, default=1)
     parser.add_argument("--no-progress", action="store_true")
+    _gateway_arguments(parser)
     args = parser.parse_args(argv)
     if not re.match(r"^https?://[^\s/]+", args.base_url):
         parser.error(f"--base-url {args.base_url!r} is not an http(s) URL")
+    problem = _gateway_problem(args)
+    if problem:
+        parser.error(problem)
     if args.runs < 1 or args.warmup < 0 or args.drafts < 1 or args.max_tokens < 1:
         parser.error("--runs, --drafts and --max-tokens must be positive and --warmup not negative")
     if args.api_key_env and args.api_key_env not in os.environ:
@@ -501,11 +650,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.format not in formats:
             parser.error(f"--format {args.format!r}: {args.catalog_model} has {', '.join(formats)} in the catalog")
     args.base_url = args.base_url.rstrip("/").removesuffix("/v1")
-    if args.api_key_stdin:
-        args.api_key = sys.stdin.readline().strip()
-    else:
-        args.api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    args.gateway_url = args.gateway_url.rstrip("/").removesuffix("/v1")
+    args.api_key, args.gateway_key = _read_keys(args)
     return args
+
+
+def _read_keys(args: argparse.Namespace) -> tuple[str, str]:
+    """The backend's key and the gateway's; on standard input one a line, the backend's first."""
+    if args.api_key_stdin:
+        api_key = sys.stdin.readline().strip()
+    else:
+        api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    return api_key, sys.stdin.readline().strip() if args.gateway_key_stdin else ""
 
 
 def hardware_config(args: argparse.Namespace) -> dict:
@@ -570,6 +726,11 @@ def compare(paths: list[Path], plot_path: Path | None, markdown_path: Path | Non
             + f" | {summary['decode_tokens_per_s_p50'] or 0:.1f} | {summary['ttft_s_p50'] or 0:.2f} s | "
             f"{summary['errors']} |"
         )
+    if any(report.get("gateway_overhead") for report in reports):
+        lines.append("")
+        for report in reports:
+            config = report["config"]
+            lines.append(f"- {config['backend']} {config['model']}: {overhead_line(report.get('gateway_overhead'))}")
     table = "\n".join(lines) + "\n"
     if markdown_path:
         markdown_path.write_text(table, encoding="utf-8")
@@ -641,6 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         **hardware_config(args),
     }
     total = (args.warmup + args.runs) * len(queries) * (3 if args.api == "openai" and args.drafts > 1 else 2)
+    if args.gateway_url:
+        total += 2 * (OVERHEAD_WARMUP_PAIRS + args.gateway_requests)
     from tqdm import tqdm  # noqa: PLC0415 - the progress bar
 
     with (
@@ -648,6 +811,11 @@ def main(argv: list[str] | None = None) -> int:
         tqdm(total=total, desc="benchmark", unit="req", disable=args.no_progress, file=sys.stderr) as progress,
     ):
         samples, failure = run(args, queries, progress)
+        if failure:
+            overhead = gateway_overhead([], [], "the benchmark stopped at a failed request before it")
+        else:
+            overhead, failure = measure_gateway_overhead(args, progress)
+            failure = f"the gateway's overhead: {failure}" if failure else None
     status = 0
     if failure:
         measured = sum(1 for s in samples if not s.get("error") and not s.get("warmup"))
@@ -667,17 +835,18 @@ def main(argv: list[str] | None = None) -> int:
         "per_query": stats,
         "samples": samples,
         "config": config,
+        "gateway_overhead": overhead,
         "gpu": {"summary": gpu.summary(), "samples": gpu.samples},
         "exit_code": status,
     }
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.markdown:
-        args.markdown.write_text(markdown(config, summary, stats), encoding="utf-8")
+        args.markdown.write_text(markdown(config, summary, stats, overhead), encoding="utf-8")
     if args.plot and samples:
         plot(args.plot, config, summary, stats)
     if not args.json_out:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({**summary, "gateway_overhead": overhead}, indent=2))
     return status
 
 

@@ -17,6 +17,7 @@ import http.client
 import io
 import json
 import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -101,6 +102,10 @@ class Response:
         self.status = response.status
         self.received = 0
 
+    def header(self, name: str) -> str | None:
+        """A response header's value (None when absent)."""
+        return self._response.getheader(name)
+
     def _broken(self, error: BaseException) -> BrokenAnswer:
         if isinstance(error, http.client.IncompleteRead):
             self.received += len(error.partial)
@@ -161,14 +166,21 @@ class Response:
         self.close()
 
 
-def post_json(url: str, body: object, headers: dict[str, str] | None, timeout: float) -> Response:
+def post_json(
+    url: str, body: object, headers: dict[str, str] | None, timeout: float, ca_file: str | None = None
+) -> Response:
     """POST body as JSON; the response's status line and headers have arrived. Its body must be read
     (read, json, lines) before `timeout` seconds from now have passed, counted from this call."""
     started = time.monotonic()
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NoAnswer(f"{url} is not an http(s) URL")
-    connection = (_HTTPS if parts.scheme == "https" else _HTTP)(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        # ca_file: a private CA to trust (the gateway's); otherwise the system's store.
+        context = ssl.create_default_context(cafile=ca_file or None)
+        connection = _HTTPS(parts.hostname, parts.port, timeout=timeout, context=context)
+    else:
+        connection = _HTTP(parts.hostname, parts.port, timeout=timeout)
     connection.deadline, connection.total = started + timeout, timeout
     data = json.dumps(body).encode()
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

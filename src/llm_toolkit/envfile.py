@@ -142,27 +142,54 @@ def ready_backends(records: list[dict], answers: list[dict], preference: list[st
     return [ready[name] for name in preference if name in ready]
 
 
-def app_env_pairs(ready: list[dict], vllm_api_key: str, timeout_s: int, extra: dict) -> dict:
-    """The app's settings: the first ready backend, the next as its fallback, and how to reach each."""
+def app_env_pairs(
+    ready: list[dict], vllm_api_key: str, timeout_s: int, extra: dict, gateway: dict | None = None
+) -> dict:
+    """The app's settings: where to send its requests (LLM_BASE_URL, LLM_API_KEY, LLM_MODEL), the first
+    ready backend and the next as its fallback, and where each backend is.
+
+    With a gateway (its `url` and client `key`), LLM_BASE_URL is the gateway, which fails over by itself,
+    and no backend's own key is written; without one, LLM_BASE_URL is the first ready backend's
+    OpenAI-compatible API and vLLM's key is the app's."""
     if not ready:
         raise DotenvError("no backend is ready; expected at least one for the app")
+    first = ready[0]
     pairs = {
-        "LLM_BACKEND": ready[0]["backend"],
+        "LLM_BACKEND": first["backend"],
         "LLM_FALLBACK": ready[1]["backend"] if len(ready) > 1 else "",
         "LLM_BACKENDS": ",".join(record["backend"] for record in ready),
         "LLM_TIMEOUT_S": str(timeout_s),
+        "LLM_MODEL": first["model"],
     }
+    if gateway:
+        pairs |= {"LLM_BASE_URL": gateway["url"].rstrip("/") + "/v1", "LLM_API_KEY": gateway["key"]}
+    else:
+        key = (vllm_api_key or "") if first["backend"] == "vllm" else ""
+        pairs |= {"LLM_BASE_URL": first["openai_base_url"], "LLM_API_KEY": key}
     for record in ready:
         if record["backend"] == "vllm":
-            pairs |= {
-                "VLLM_BASE_URL": record["openai_base_url"],
-                "VLLM_MODEL": record["model"],
-                "VLLM_API_KEY": vllm_api_key or "",
-            }
+            pairs |= {"VLLM_BASE_URL": record["openai_base_url"], "VLLM_MODEL": record["model"]}
+            if not gateway:
+                pairs["VLLM_API_KEY"] = vllm_api_key or ""
         else:
             pairs |= {
                 "OLLAMA_BASE_URL": record["base_url"],
                 "OLLAMA_OPENAI_BASE_URL": record["openai_base_url"],
                 "OLLAMA_MODEL": record["model"],
             }
+    return pairs | dict(extra or {})
+
+
+def fleet_app_env_pairs(gateway: dict, model: str, timeout_s: int, extra: dict) -> dict:
+    """The settings of an app on an llm_apps host: the fleet gateway (its `url`, client `key` and, when a
+    private CA signed its certificate, the CA's file on the app's host, `ca_file`), which picks a host
+    and fails over by itself; no backend of any host is named."""
+    pairs = {
+        "LLM_BASE_URL": gateway["url"].rstrip("/") + "/v1",
+        "LLM_API_KEY": gateway["key"],
+        "LLM_MODEL": model,
+        "LLM_TIMEOUT_S": str(timeout_s),
+    }
+    if gateway.get("ca_file"):
+        pairs["LLM_CA_FILE"] = gateway["ca_file"]
     return pairs | dict(extra or {})

@@ -2,7 +2,7 @@
 
     scripts/plan.py --model KEY --format fp16|awq|gptq --gpus N --gpu-mem-mib M
                     [--compute-cap X.Y] [--max-model-len L] [--gpu-memory-utilization F]
-                    [--concurrency S] [--kv-cache-dtype auto|fp8] [--repo REPO] [--json]
+                    [--concurrency S] [--kv-cache-dtype auto|fp8] [--repo REPO] [--fallback-warm] [--json]
     scripts/plan.py --config-json PATH/config.json --gpus N --gpu-mem-mib M [...]
 
 Exit codes: 0 a plan exists; 1 nothing fits (the output says what would); 2 bad input.
@@ -45,6 +45,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", help="full-length sequences the KV cache must hold at once (default 4)")
     parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, help="KV cache precision (default auto)")
     parser.add_argument("--repo", help="the checkpoint to serve; refused when it cannot serve the format")
+    parser.add_argument(
+        "--fallback-warm",
+        action="store_true",
+        help="leave GPU memory for Ollama's copy of the model to stay loaded beside vLLM (lowers the utilization)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser.parse_args(argv)
 
@@ -102,6 +107,7 @@ def build(args: argparse.Namespace) -> dict:
         gpu_memory_utilization=args.gpu_memory_utilization,
         concurrency=args.concurrency,
         kv_cache_dtype=args.kv_cache_dtype,
+        fallback_warm=args.fallback_warm,
     )
     result = plan(request, entry, serving)
     result["notes"] = notes + result["notes"]

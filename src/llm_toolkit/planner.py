@@ -9,6 +9,13 @@ Sizing, per GPU, for tensor-parallel size t (docs/models-and-sizing.md §4, §5)
     kv_cache  = 2 x layers x max(kv_heads / t, 1) x head_dim x kv_bytes x max_model_len x concurrency
     overhead  = runtime_overhead_mib.base (+ .tensor_parallel when t > 1)
     fits when weights + kv_cache + overhead <= floor(gpu_mem_mib x gpu_memory_utilization)
+
+A warm fallback (fallback_warm: Ollama keeps the model's Ollama tag loaded beside vLLM) needs
+    fallback  = the tag's download size + its 16-bit KV cache for fallback_warm.tokens
+                (Ollama's context x its parallel requests) + fallback_warm.overhead_mib
+free on the host's GPUs: the GPUs vLLM leaves unused plus, on each of its t GPUs, what
+gpu_memory_utilization leaves. The planner lowers gpu_memory_utilization (in steps of 0.01) per t
+until the fallback fits, and says so in the plan's notes (docs/models-and-sizing.md, section 8).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class PlanRequest:
     gpu_memory_utilization: float | None = None
     concurrency: int | None = None
     kv_cache_dtype: str | None = None
+    fallback_warm: bool = False
 
 
 def parse_compute_cap(value: str | None) -> tuple[int, int] | None:
@@ -122,6 +130,25 @@ class _Inputs:
     utilization: float
     concurrency: int
     kv_cache_dtype: str
+    fallback_mib: int = 0
+
+
+def fallback_need(entry: dict, model: str, serving: dict) -> dict:
+    """GPU memory (MiB, all GPUs together) the model's Ollama tag needs to stay loaded beside vLLM:
+    weights, its KV cache (16-bit, Ollama's default) for serving.yml's fallback_warm.tokens, overhead."""
+    ollama = entry.get("ollama") or {}
+    if not ollama.get("download_gb"):
+        raise PlanError(
+            f"--fallback-warm: model {model} has no Ollama tag in the catalog, so there is no fallback to keep "
+            "warm; expected a model with an ollama entry; fix: leave the fallback cold (llm_fallback_warm: false)"
+        )
+    facts = serving["fallback_warm"]
+    need = {
+        "weights": math.ceil(ollama["download_gb"] * 1e9 / MIB),
+        "kv_cache": math.ceil(kv_bytes_per_token_per_gpu(entry["architecture"], 1, 2) * facts["tokens"] / MIB),
+        "overhead": facts["overhead_mib"],
+    }
+    return {**need, "total": sum(need.values())}
 
 
 def validate(request: PlanRequest, entry: dict, serving: dict) -> _Inputs:
@@ -164,6 +191,9 @@ def validate(request: PlanRequest, entry: dict, serving: dict) -> _Inputs:
     kv_dtype = request.kv_cache_dtype or defaults["kv_cache_dtype"]
     if kv_dtype not in KV_CACHE_DTYPES:
         raise PlanError(f"--kv-cache-dtype {kv_dtype!r} is unknown; expected one of: {', '.join(KV_CACHE_DTYPES)}")
+    if not isinstance(request.fallback_warm, bool):
+        raise PlanError(f"--fallback-warm {request.fallback_warm!r} is not true or false")
+    fallback = fallback_need(entry, request.model, serving)["total"] if request.fallback_warm else 0
     return _Inputs(
         request.model,
         request.fmt,
@@ -174,7 +204,26 @@ def validate(request: PlanRequest, entry: dict, serving: dict) -> _Inputs:
         utilization,
         concurrency,
         kv_dtype,
+        fallback,
     )
+
+
+def beside_fallback(inputs: _Inputs, tp: int) -> tuple[_Inputs, str | None]:
+    """The inputs for tensor-parallel size tp with the utilization that leaves the warm fallback room
+    (unchanged without one), or a reason why no utilization does."""
+    if not inputs.fallback_mib:
+        return inputs, None
+    short = inputs.fallback_mib - (inputs.gpus - tp) * inputs.gpu_mem_mib
+    if short <= 0:
+        return inputs, None
+    highest = math.floor((1 - short / (tp * inputs.gpu_mem_mib)) * 100) / 100
+    if highest <= 0:
+        free = (inputs.gpus - tp) * inputs.gpu_mem_mib
+        return inputs, (
+            f"no room for the warm fallback ({inputs.fallback_mib} MiB) even with vLLM at no memory: "
+            f"{free} MiB on unused GPUs + {tp} x {inputs.gpu_mem_mib} MiB"
+        )
+    return _replace(inputs, utilization=min(inputs.utilization, highest)), None
 
 
 def choose_dtype(entry: dict, fmt: str, cc: tuple[int, int] | None, serving: dict) -> tuple[str | None, str]:
@@ -269,10 +318,11 @@ def memory_budget(entry: dict, inputs: _Inputs, tp: int, dtype: str, serving: di
 
 
 def _no_fit_reason(budget: dict, inputs: _Inputs) -> str:
+    beside = f", leaving {inputs.fallback_mib} MiB for the warm fallback" if inputs.fallback_mib else ""
     return (
         f"needs {budget['needed']} MiB per GPU (weights {budget['weights']} + KV cache {budget['kv_cache']} + "
         f"overhead {budget['overhead']}), only {budget['available']} MiB available "
-        f"({inputs.gpu_mem_mib} MiB x {inputs.utilization})"
+        f"({inputs.gpu_mem_mib} MiB x {inputs.utilization}{beside})"
     )
 
 
@@ -301,16 +351,18 @@ def _evaluate(entry: dict, inputs: _Inputs, serving: dict) -> dict:
     cc = inputs.compute_cap
     dtype, dtype_reason = choose_dtype(entry, inputs.fmt, cc, serving)
     blocker = compute_cap_reason(inputs.fmt, inputs.kv_cache_dtype, cc, serving) or (None if dtype else dtype_reason)
-    rejected, chosen, budget, last_valid = [], None, None, None
+    rejected, chosen, budget, last_valid, chosen_inputs = [], None, None, None, inputs
     for tp in range(1, inputs.gpus + 1):
         reason = blocker or tp_invalid_reason(arch, fmt_entry, inputs.fmt, tp, inputs.gpus)
         if reason is None:
             last_valid = tp
-            budget = memory_budget(entry, inputs, tp, dtype, serving)
+            tp_inputs, reason = beside_fallback(inputs, tp)
+        if reason is None:
+            budget = memory_budget(entry, tp_inputs, tp, dtype, serving)
             if budget["headroom"] >= 0:
-                chosen = tp
+                chosen, chosen_inputs = tp, tp_inputs
                 break
-            reason = _no_fit_reason(budget, inputs)
+            reason = _no_fit_reason(budget, tp_inputs)
         rejected.append({"tp": tp, "reason": reason})
     if budget is None:
         budget = memory_budget(entry, inputs, 1, dtype or "float16", serving)
@@ -322,6 +374,7 @@ def _evaluate(entry: dict, inputs: _Inputs, serving: dict) -> dict:
         "dtype_reason": dtype_reason,
         "blocker": blocker,
         "last_valid": last_valid,
+        "inputs": chosen_inputs,
     }
 
 
@@ -332,6 +385,9 @@ def plan(request: PlanRequest, entry: dict, serving: dict) -> dict:
     chosen, dtype = result["chosen"], result["dtype"]
     fmt_entry = entry["formats"][inputs.fmt]
     notes = [f"dtype {dtype}: {result['dtype_reason']}"] if dtype else []
+    if inputs.fallback_mib:
+        notes.append(_fallback_note(entry, inputs, result["inputs"], chosen, serving))
+        inputs = result["inputs"]
     arch = entry["architecture"]
     if arch.get("num_experts", 1) > 1:
         notes.append(
@@ -356,12 +412,27 @@ def plan(request: PlanRequest, entry: dict, serving: dict) -> dict:
         "concurrency": inputs.concurrency,
         "gpu_memory_utilization": inputs.utilization,
         "kv_cache_dtype": inputs.kv_cache_dtype,
+        "fallback_warm_mib": inputs.fallback_mib or None,
         "per_gpu_mib": result["budget"],
         "rejected": result["rejected"],
         "vllm_args": vllm_args(inputs, chosen, dtype, inputs.compute_cap, serving) if chosen else [],
         "suggestions": [] if chosen else suggestions(entry, inputs, serving, result),
         "notes": notes,
     }
+
+
+def _fallback_note(entry: dict, inputs: _Inputs, planned: _Inputs, chosen: int | None, serving: dict) -> str:
+    parts = fallback_need(entry, inputs.model, serving)
+    need = (
+        f"warm fallback: Ollama's {entry['ollama']['tag']} stays loaded beside vLLM, {parts['total']} MiB "
+        f"(weights {parts['weights']} + KV cache {parts['kv_cache']} for {serving['fallback_warm']['tokens']} "
+        f"tokens + overhead {parts['overhead']})"
+    )
+    if not chosen:
+        return f"{need}: no tensor-parallel size leaves it room (see rejected)"
+    if planned.utilization < inputs.utilization:
+        return f"{need}: gpu_memory_utilization lowered from {inputs.utilization} to {planned.utilization}"
+    return f"{need}: it fits on the {inputs.gpus - chosen} GPU(s) vLLM leaves unused; utilization unchanged"
 
 
 def plan_with_tensor_parallel(request: PlanRequest, entry: dict, serving: dict, tp: int) -> dict:
@@ -379,6 +450,9 @@ def plan_with_tensor_parallel(request: PlanRequest, entry: dict, serving: dict, 
     )
     if reason:
         raise PlanError(f"{where} is not valid: {reason}; the planner's choice is {chosen['tensor_parallel_size']}")
+    inputs, room = beside_fallback(inputs, tp)
+    if room:
+        raise PlanError(f"{where} does not fit: {room}")
     budget = memory_budget(entry, inputs, tp, result["dtype"], serving)
     if budget["headroom"] < 0:
         raise PlanError(f"{where} does not fit: {_no_fit_reason(budget, inputs)}")
@@ -387,6 +461,7 @@ def plan_with_tensor_parallel(request: PlanRequest, entry: dict, serving: dict, 
         **chosen,
         "fits": True,
         "tensor_parallel_size": tp,
+        "gpu_memory_utilization": inputs.utilization,
         "per_gpu_mib": budget,
         "vllm_args": vllm_args(inputs, tp, result["dtype"], inputs.compute_cap, serving),
         "suggestions": [],
@@ -409,6 +484,10 @@ def suggestions(entry: dict, inputs: _Inputs, serving: dict, result: dict) -> li
     found = _context_suggestions(entry, inputs, serving, result)
     if inputs.fmt == "fp16":
         found += _quantized_suggestion(entry, inputs, serving)
+    if inputs.fallback_mib:
+        tp = _fits_with(entry, inputs, serving, fallback_mib=0)
+        if tp:
+            found.append(f"without the warm fallback (llm_fallback_warm: false; it then loads cold) TP {tp} fits")
     return found + _scale_suggestions(entry, inputs, serving, result["dtype"])
 
 
@@ -428,6 +507,9 @@ def _context_suggestions(entry: dict, inputs: _Inputs, serving: dict, result: di
     if not tp:
         return []
     found = []
+    inputs, room = beside_fallback(inputs, tp)
+    if room:
+        return []
     budget = memory_budget(entry, inputs, tp, result["dtype"], serving)
     kv_bytes = _kv_bytes(inputs.kv_cache_dtype, result["dtype"])
     per_token = kv_bytes_per_token_per_gpu(entry["architecture"], tp, kv_bytes) * inputs.concurrency

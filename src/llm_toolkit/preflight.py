@@ -394,6 +394,7 @@ def _vllm_checks(report, gpu, settings, gates, models, serving, lowest_cc, measu
                 max_model_len=settings.get("vllm_max_model_len"),
                 gpu_memory_utilization=settings.get("vllm_gpu_memory_utilization"),
                 concurrency=settings.get("vllm_concurrency"),
+                fallback_warm=settings.get("fallback_warm", False) is True,
             ),
             models[settings["model"]],
             serving,

@@ -1,14 +1,17 @@
 """Italian smoke test of one LLM backend: ask "Ciao, come posso aiutarti?" and check the answer.
 
     scripts/smoke_test.py --base-url URL --api openai|ollama --model NAME [--api-key-env VAR | --api-key-stdin]
-                          [--timeout S] [--max-latency S] [--json]
+                          [--timeout S] [--max-latency S] [--concurrency N] [--json]
 
 Checks: HTTP 200, a non-empty answer, an answer in Italian, and the latency within --max-latency.
+--concurrency N sends N such requests at once (the app writes 3 drafts at a time: 4 is its drafts
+plus one) and checks every answer the same way, each read whole; the report shows each request.
 Exit status: 0 every check passed; 1 the service answered but a check failed (the message says
 which and shows the start of the answer); 2 the service is unreachable or answered an HTTP error,
-or the arguments are wrong. The API key is read from the environment variable --api-key-env
-names, or from the first line of standard input with --api-key-stdin (how the smoke role passes
-it: a task's environment shows in the host's process list), never from the command line.
+or the arguments are wrong; with --concurrency, the worst of the requests' statuses. The API key
+is read from the environment variable --api-key-env names, or from the first line of standard
+input with --api-key-stdin (how the smoke role passes it: a task's environment shows in the
+host's process list), never from the command line.
 
 Language detection works offline: langdetect (its language profiles ship in the package; seeded
 for repeatable results) decides when it is installed; otherwise, and as the reported second
@@ -23,13 +26,17 @@ import json
 import os
 import re
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from llm_toolkit.cli import OneLineParser, positive_seconds
 from llm_toolkit.deadline import HttpFailure, post_json
 
 PROMPT = "Ciao, come posso aiutarti?"
 MAX_TOKENS = 64
+# Requests at once: far above the app's drafts; more is a load test (scripts/benchmark.py), not a smoke test.
+MAX_CONCURRENCY = 64
 # Function words per language, for the stopword method (Italian first; the others catch neighbours).
 _STOPWORD_TEXT = {
     "it": (
@@ -83,8 +90,18 @@ def stopword_language(text: str, threshold: float = 0.15) -> str | None:
     return best
 
 
+# langdetect is not thread-safe: its first use loads the language profiles into shared state, and
+# concurrent first calls then fail (they detected no language for Italian text). One at a time.
+_DETECT_LOCK = threading.Lock()
+
+
 def detect_language(text: str) -> tuple[str | None, str]:
-    """(language code or None, the method that decided)."""
+    """(language code or None, the method that decided); safe to call from several threads."""
+    with _DETECT_LOCK:
+        return _detect_language(text)
+
+
+def _detect_language(text: str) -> tuple[str | None, str]:
     try:
         from langdetect import DetectorFactory, detect_langs  # noqa: PLC0415 - optional dependency
         from langdetect.lang_detect_exception import LangDetectException  # noqa: PLC0415
@@ -157,7 +174,7 @@ def ask(args: argparse.Namespace, api_key: str) -> tuple[str, float]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     started = time.monotonic()
     try:
-        with post_json(url, body, headers, args.timeout) as response:
+        with post_json(url, body, headers, args.timeout, args.ca_file) as response:
             if response.status != 200:
                 raise SmokeError(f"{url} answered HTTP {response.status}: {response.text()}")
             payload = response.json()
@@ -165,6 +182,13 @@ def ask(args: argparse.Namespace, api_key: str) -> tuple[str, float]:
         raise SmokeError(str(error)) from None
     latency = time.monotonic() - started
     return answer_of(args.api, payload), latency
+
+
+def concurrency(text: str) -> int:
+    """A whole number of requests from 1 to MAX_CONCURRENCY (argparse type)."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_CONCURRENCY}")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -179,7 +203,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout", type=positive_seconds, default=120.0, help="seconds the whole request may take (a deadline)"
     )
     parser.add_argument("--max-latency", type=positive_seconds, default=None, help="fail when the answer takes longer")
+    parser.add_argument(
+        "--concurrency",
+        type=concurrency,
+        default=1,
+        help=f"requests sent at once, each checked (1 to {MAX_CONCURRENCY}; default 1)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--ca-file", default="", help="a CA certificate to trust for https (the gateway's private CA)")
     args = parser.parse_args(argv)
     if not re.match(r"^https?://[^\s/]+", args.base_url):
         parser.error(f"--base-url {args.base_url!r} is not an http(s) URL")
@@ -194,16 +225,23 @@ def read_api_key(args: argparse.Namespace) -> str:
     return os.environ.get(args.api_key_env, "") if args.api_key_env else ""
 
 
+def json_head(args: argparse.Namespace, status: int) -> dict:
+    """What every JSON report starts with: the target, the prompt and the verdict."""
+    return {
+        "base_url": args.base_url,
+        "api": args.api,
+        "model": args.model,
+        "prompt": PROMPT,
+        "passed": status == 0,
+        "exit_code": status,
+    }
+
+
 def report(args: argparse.Namespace, status: int, checks: list[dict], answer: str, error: str | None) -> None:
     failed = [check for check in checks if not check["passed"]]
     if args.json:
         result = {
-            "base_url": args.base_url,
-            "api": args.api,
-            "model": args.model,
-            "prompt": PROMPT,
-            "passed": status == 0,
-            "exit_code": status,
+            **json_head(args, status),
             "checks": checks,
             "answer": answer,
             "error": error,
@@ -221,18 +259,78 @@ def report(args: argparse.Namespace, status: int, checks: list[dict], answer: st
         print(f"smoke test passed: {where} answered in Italian {latency}: {answer[:120]!r}".rstrip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    api_key = read_api_key(args)
+def run_one(args: argparse.Namespace, api_key: str, start: threading.Barrier | None = None) -> dict:
+    """One request and its checks: exit_code (0, 1 or 2), checks, answer, error, latency_s.
+
+    start: a barrier every request of a concurrent run waits at, so that they are sent together."""
+    if start is not None:
+        start.wait()
     try:
         answer, latency = ask(args, api_key)
     except SmokeError as error:
-        report(args, 2, [], "", str(error))
-        return 2
+        return {"exit_code": 2, "checks": [], "answer": "", "error": str(error), "latency_s": None}
     checks = evaluate(answer, latency, args.max_latency)
     status = 0 if all(check["passed"] for check in checks) else 1
-    report(args, status, checks, answer, None)
-    return status
+    return {"exit_code": status, "checks": checks, "answer": answer, "error": None, "latency_s": round(latency, 3)}
+
+
+def run_concurrently(args: argparse.Namespace, api_key: str) -> tuple[list[dict], float]:
+    """args.concurrency requests released at once; their results in order, and the wall time."""
+    count = args.concurrency
+    start = threading.Barrier(count)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        results = list(pool.map(lambda _: run_one(args, api_key, start), range(count)))
+    return [{"request": index + 1, **result} for index, result in enumerate(results)], time.monotonic() - started
+
+
+def _request_line(result: dict) -> str:
+    label = f"request {result['request']}"
+    if result["error"]:
+        return f"{label}: could not be asked: {result['error']}"
+    failed = [f"{check['name']} ({check['detail']})" for check in result["checks"] if not check["passed"]]
+    verdict = f"FAILED {', '.join(failed)}" if failed else "passed"
+    return f"{label}: {verdict} in {result['latency_s']:.2f} s: {result['answer'][:80]!r}"
+
+
+def report_concurrent(args: argparse.Namespace, status: int, results: list[dict], wall: float) -> None:
+    where = f"{args.api} {args.model} at {args.base_url}"
+    if args.json:
+        summary = {
+            **json_head(args, status),
+            "concurrency": args.concurrency,
+            "wall_s": round(wall, 3),
+            "requests": results,
+        }
+        print(json.dumps(summary, ensure_ascii=False))
+        return
+    for result in results:
+        print(f"  {_request_line(result)}")
+    count, passed = len(results), sum(result["exit_code"] == 0 for result in results)
+    unasked = [result for result in results if result["exit_code"] == 2]
+    if unasked:
+        print(
+            f"smoke test: {where}: {len(unasked)} of {count} concurrent requests could not be asked; "
+            f"first: {_request_line(unasked[0])}",
+            file=sys.stderr,
+        )
+    elif passed < count:
+        print(f"smoke test FAILED: {where}: {count - passed} of {count} concurrent answers failed a check")
+    else:
+        print(f"smoke test passed: {where}: {count} of {count} concurrent answers in Italian, all within {wall:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    api_key = read_api_key(args)
+    if args.concurrency > 1:
+        results, wall = run_concurrently(args, api_key)
+        status = max(result["exit_code"] for result in results)
+        report_concurrent(args, status, results, wall)
+        return status
+    result = run_one(args, api_key)
+    report(args, result["exit_code"], result["checks"], result["answer"], result["error"])
+    return result["exit_code"]
 
 
 if __name__ == "__main__":

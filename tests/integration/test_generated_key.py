@@ -1,6 +1,7 @@
 """The generated vLLM key on the session lab's CPU host (vLLM's CPU build, the tiny model), stage by
 stage as an operator runs it (--tags vllm,env,smoke): with vllm_api_key empty the host makes its own
-key once (root, 0600, directory 0700), vLLM requires it, the app's .env and the smoke test use it, and
+key once (root, 0600, directory 0700), vLLM requires it, the gateway and the smoke test use it (the
+app's .env holds the gateway's key, not vLLM's), and
 it shows on no command line and in no journal; a rerun changes nothing; -e vllm_api_key_rotate=true
 makes a new one with exactly one restart, the old one is refused and no copy of it stays. Then an
 operator's key that vllm.env must quote (a space, quotes, a backslash, `$`) reaches vLLM, the .env and
@@ -26,6 +27,8 @@ from tests.verify.verify_helpers import key_to_stdout
 
 HOST = "itest3"
 KEY_FILE = "/etc/llm-toolkit/secrets/vllm_api_key"
+# The gateway adds vLLM's key to the requests it sends vLLM (roles/llm_gateway): root-only, like vllm.env.
+GATEWAY_CONFIG = "/etc/haproxy/haproxy.cfg"
 # The tests' own files on the host: root-only, and left out of the searches for leftover keys.
 WORK = "/root/keytest"
 OLD_KEY = f"{WORK}/old-key"
@@ -145,9 +148,10 @@ def test_the_apps_env_and_the_smoke_test_use_the_generated_key(generated):
     host, run, _ = generated
     env = app_env(host)
     assert env["mode"] == 0o600
-    same = env["values"]["VLLM_API_KEY"] == read_key(host)
-    assert same, f"{ENV_PATH} does not hold the generated key"
+    # The app talks to the gateway with the gateway's key; vLLM's key stays with vLLM and the gateway.
+    assert "VLLM_API_KEY" not in env["values"]
     assert "vllm: smoke test passed: openai mixtral at http://127.0.0.1:8000 answered in" in run.output
+    assert "openai mixtral at http://127.0.0.1:8080: 4 of 4 concurrent answers in Italian" in run.output
 
 
 def test_the_generated_key_is_on_no_command_line_and_in_no_log_or_output(generated):
@@ -155,7 +159,7 @@ def test_the_generated_key_is_on_no_command_line_and_in_no_log_or_output(generat
     assert snapshots > 10, "the command lines were not recorded during the run"
     found = hits(host, KEY_FILE)
     assert found["command lines"] == 0 and found["journal"] == 0, found
-    assert sorted(found["files"]) == sorted([KEY_FILE, "/etc/vllm/vllm.env", ENV_PATH]), found["files"]
+    assert sorted(found["files"]) == sorted([KEY_FILE, "/etc/vllm/vllm.env", GATEWAY_CONFIG]), found["files"]
     leaked = read_key(host) in run.output
     assert not leaked, "the playbook's output shows the generated key"
 
@@ -196,17 +200,17 @@ def test_rotation_makes_a_new_key_restarts_vllm_once_and_refuses_the_old_key(rot
     assert chat(host, f"cat {KEY_FILE}") == ITALIAN
     assert chat(host, f"cat {OLD_KEY}") == "401"
     assert "vllm: smoke test passed" in run.output
+    assert "4 of 4 concurrent answers in Italian" in run.output  # it sends the new key to vLLM
 
 
 def test_rotation_updates_the_env_and_leaves_no_copy_of_the_old_key(rotated):
     host, run, _, _, snapshots = rotated
-    same = app_env(host)["values"]["VLLM_API_KEY"] == read_key(host)
-    assert same, f"{ENV_PATH} does not hold the new key"
+    assert "VLLM_API_KEY" not in app_env(host)["values"]
     assert snapshots > 10, "the command lines were not recorded during the run"
     found = hits(host, OLD_KEY)
     assert found == {"command lines": 0, "journal": 0, "files": []}, found
     assert hits(host, KEY_FILE)["command lines"] == 0
-    assert sh(host, f"ls -A {KEY_FILE.rsplit('/', 1)[0]}").split() == ["vllm_api_key"]
+    assert sh(host, f"ls -A {KEY_FILE.rsplit('/', 1)[0]}").split() == ["gateway_api_key", "vllm_api_key"]
     with host.sudo():
         old = host.file(OLD_KEY).content_string.strip()
     leaked = old in run.output or read_key(host) in run.output
@@ -224,8 +228,8 @@ def test_an_operators_quoted_key_reaches_vllm_the_env_and_the_verifiers_unchange
     host, run, summary = operator_key
     assert run.returncode == 0, run.output[-4000:]
     assert "vllm: smoke test passed" in run.output
-    same = app_env(host)["values"]["VLLM_API_KEY"] == QUOTED
-    assert same, f"{ENV_PATH} does not hold the operator's key as given"
+    # The gateway's configuration quotes it for HAProxy: requests through the gateway reach vLLM.
+    assert "4 of 4 concurrent answers in Italian" in run.output
     assert chat(host, key_to_stdout()) == ITALIAN
     assert summary["rc"] == 0, summary["hosts"][HOST]["failed"]
     passed = set(summary["hosts"][HOST]["passed"])
@@ -246,6 +250,6 @@ def test_the_sessions_canary_key_is_put_back_and_serves(operator_key, keyed_host
     state["restored"] = True
     assert restored.returncode == 0, restored.output[-3000:]
     assert invocation(host) != before
-    assert app_env(host)["values"]["VLLM_API_KEY"] == CANARY
+    assert "4 of 4 concurrent answers in Italian" in restored.output
     assert chat(host, key_to_stdout()) == ITALIAN
     assert chat(host, None) == "401"

@@ -19,8 +19,10 @@ def test_first_run_converges_every_host(converged, session_lab):
     for stage in (
         "Check the hosts before anything changes",
         "Apply the LLM host baseline",
+        "Apply the host firewall",
         "Serve the quantized model with Ollama",
         "Serve the model with vLLM",
+        "Put the gateway in front of the backends",
         "Write the app's .env",
         "Ask every backend in Italian",
         "Verify every host",
@@ -28,6 +30,7 @@ def test_first_run_converges_every_host(converged, session_lab):
         assert f"PLAY [{stage}]" in first.output, stage
     assert "vllm: smoke test passed" in first.output
     assert "ollama: smoke test passed" in first.output
+    assert "4 of 4 concurrent answers in Italian" in first.output  # through the gateway
     assert CANARY not in first.output
     for name in session_lab.hosts:
         assert first.recap[name]["failed"] == 0

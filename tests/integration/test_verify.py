@@ -9,6 +9,7 @@ backends' answers are real (vLLM's CPU build and the tiny model).
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from dotenv import dotenv_values
 
 from tests.integration.conftest import CANARY, REPO
+from tests.verify.test_gateway import RUNTIME
 
 HOST = "itest3"
 ENV_PATH = "/etc/llm-toolkit/app.env"
@@ -69,7 +71,9 @@ def test_the_env_lists_vllm_first_then_ollama_and_reads_back(site, session_lab):
     assert values["LLM_BACKEND"] == "vllm"
     assert values["LLM_FALLBACK"] == "ollama"
     assert values["VLLM_BASE_URL"] == "http://127.0.0.1:8000/v1"
-    assert values["VLLM_API_KEY"] == CANARY
+    # The app sends its requests to the gateway with the gateway's key; vLLM's key is not the app's.
+    assert values["LLM_BASE_URL"] == "http://127.0.0.1:8080/v1"
+    assert "VLLM_API_KEY" not in values
     assert values["OLLAMA_BASE_URL"] == "http://127.0.0.1:11434"
     assert values["OLLAMA_MODEL"] == "mixtral"
 
@@ -85,15 +89,35 @@ def test_a_healthy_host_passes_every_verifier(site, session_lab):
 
 
 BREAKAGES = {
+    # The gateway's health checks need two failed intervals to take the backup out of rotation.
     "a stopped service": (
-        "systemctl stop ollama.service",
-        "systemctl start ollama.service",
+        "systemctl stop ollama.service && sleep 6",
+        "systemctl start ollama.service && sleep 6",
         {
             "test_backends::test_service_is_enabled_and_active[ollama]",
             "test_backends::test_it_listens_only_on_the_configured_address[ollama]",
             "test_backends::test_the_backend_lists_its_model[ollama]",
             "test_backends::test_the_italian_smoke_test_passes[ollama]",
+            # Its drop-in drained it for a recorded reason as it stopped: the rotation check passes.
+            "test_gateway::test_each_backup_answers_through_the_gateways_route",
         },
+    ),
+    "a stopped gateway": (
+        "systemctl stop haproxy.service",
+        "systemctl start haproxy.service && sleep 6",
+        {
+            "test_gateway::test_haproxy_is_enabled_and_active",
+            "test_gateway::test_the_configuration_and_runtime_socket_are_root_only",
+            "test_gateway::test_a_client_without_the_key_is_refused",
+            "test_gateway::test_every_server_is_in_rotation_or_drained_for_a_reason",
+            "test_gateway::test_each_backup_answers_through_the_gateways_route",
+        },
+    ),
+    "a server drained with no reason recorded": (
+        # The verifiers' own runtime client: one command to the current worker, as an operator sends it.
+        f"python3 -c {shlex.quote(RUNTIME)} /run/haproxy/master.sock 'set server llm/vllm state drain'",
+        f"python3 -c {shlex.quote(RUNTIME)} /run/haproxy/master.sock 'set server llm/vllm state ready'",
+        {"test_gateway::test_every_server_is_in_rotation_or_drained_for_a_reason"},
     ),
     "a loosened .env": (
         f"chmod 0644 {ENV_PATH}",
@@ -166,10 +190,26 @@ def test_the_benchmark_tag_writes_json_markdown_and_a_chart_per_host(site, sessi
         "llm_benchmark_warmup=0",
         "-e",
         "llm_benchmark_max_tokens=32",
+        "-e",
+        "llm_benchmark_gateway_requests=5",
     )
     assert run.returncode == 0, run.output[-3000:]
     assert CANARY not in run.output
     reports = tmp_path / HOST
+    # The gateway's overhead (presence and shape, never a speed): measured in the run of vLLM, the
+    # backend the gateway sends its requests to; the Ollama report says why it has none.
+    overhead = json.loads((reports / "vllm.json").read_text())["gateway_overhead"]
+    assert overhead["reason"] is None, overhead
+    assert overhead["samples"] == 5
+    for key in ("direct_ms_p50", "gateway_ms_p50", "overhead_ms_p50", "ratio_p50"):
+        assert isinstance(overhead[key], float), (key, overhead)
+    assert overhead["gateway_url"].endswith(":8080/v1/chat/completions")
+    fallback = json.loads((reports / "ollama.json").read_text())["gateway_overhead"]
+    assert (fallback["overhead_ms_p50"], fallback["reason"]) == (
+        None,
+        "the gateway sends its requests to vllm: its overhead is in the vllm report",
+    )
+    assert "Gateway overhead (5 non-streamed requests each way, in turn)" in (reports / "compare.md").read_text()
     for backend in ("vllm", "ollama"):
         report = json.loads((reports / f"{backend}.json").read_text())
         summary = report["summary"]
@@ -179,7 +219,8 @@ def test_the_benchmark_tag_writes_json_markdown_and_a_chart_per_host(site, sessi
         assert summary["drafts_wall_s_p50"] > 0
         assert report["config"]["backend"] == ("openai" if backend == "vllm" else "ollama")
         assert "| Configuration | Single query (p50) | 3 drafts (p50) |" in (reports / f"{backend}.md").read_text()
-    rows = (reports / "compare.md").read_text().splitlines()[2:]
+    # The table's rows (after its header), then the gateway's overhead per configuration.
+    rows = [line for line in (reports / "compare.md").read_text().splitlines()[2:] if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows] == ["| openai mixtral", "| ollama mixtral"]
     assert (reports / "compare.png").read_bytes()[:4] == b"\x89PNG"
 

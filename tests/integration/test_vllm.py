@@ -1,6 +1,7 @@
 """Phase 2 on a CPU lab host: the real vLLM CPU build, as a hardened systemd service, serving the tiny model."""
 
 import json
+import re
 import time
 from urllib.parse import urlsplit
 
@@ -168,12 +169,16 @@ def test_a_max_model_len_over_the_models_context_is_refused_before_anything_chan
 
 def test_a_failing_start_stops_at_the_start_limit_and_reports_the_journal(converged, session_lab, tiny_model):
     host = session_lab.host(HOST)
+    # A budget far longer than five failed starts take: the wait must end when systemd gives up.
     broken = phase2(
-        session_lab, tiny_model, "-e", '{"vllm_extra_args": ["--no-such-flag"]}', "-e", "vllm_ready_timeout=150"
+        session_lab, tiny_model, "-e", '{"vllm_extra_args": ["--no-such-flag"]}', "-e", "vllm_ready_timeout=400"
     )
     try:
         assert broken.returncode != 0
-        assert f"{HOST}: vllm.service did not serve mixtral within 150 s; last journal lines:" in broken.output
+        assert f"{HOST}: vllm.service did not serve mixtral and systemd gave up on it after " in broken.output
+        # systemd's result for the last failed start (exit-code) or the refused one (start-limit-hit)
+        said = " ".join(broken.output.split())
+        assert re.search(r"after \d+ restarts \(Result=[a-z-]+\); last journal lines:", said), broken.output[-3000:]
         assert "unrecognized arguments: --no-such-flag" in broken.output
         state = host.run("systemctl show -p ActiveState -p Result -p NRestarts vllm.service").stdout
         assert "ActiveState=failed" in state, state
@@ -192,7 +197,7 @@ def test_a_failing_start_stops_at_the_start_limit_and_reports_the_journal(conver
 # while vLLM loads a large model (it binds its port before loading, and listen()s only when ready).
 # It is a sitecustomize module on PYTHONPATH that only vllm.service gets (a drop-in), taken out of the
 # environment by the first process, so that vLLM's engine and worker processes start without it.
-SLOW_START_S = 90
+SLOW_START_S = 30
 SLOW_START_DIR = "/run/llm-test-slow-start"
 SLOW_START_DROP_IN = "/etc/systemd/system/vllm.service.d/zz-test-slow-start.conf"
 SLOW_START_HOOK = """import os, sys, time

@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 
 from llm_toolkit.backends import (
     SCHEMA,
@@ -147,3 +150,79 @@ def test_the_roles_and_verifiers_read_only_keys_of_the_schema():
 def test_make_record_casts_what_ansible_hands_over_as_text():
     record = make_record(**{**OLLAMA, "port": "11434", "tensor_parallel_size": "", "auth": 0})
     assert (record["port"], record["tensor_parallel_size"], record["auth"]) == (11434, None, False)
+
+
+def test_the_env_points_the_app_at_the_gateway_and_holds_no_backend_key():
+    ready = [VLLM, OLLAMA]
+    gateway = {"url": "http://127.0.0.1:8080", "key": "gw-key"}
+    pairs = app_env_pairs(ready, "sk-vllm", 60, {}, gateway)
+    assert (pairs["LLM_BASE_URL"], pairs["LLM_API_KEY"], pairs["LLM_MODEL"]) == (
+        "http://127.0.0.1:8080/v1",
+        "gw-key",
+        VLLM["model"],
+    )
+    assert (pairs["LLM_BACKEND"], pairs["LLM_FALLBACK"]) == ("vllm", "ollama")
+    assert "sk-vllm" not in pairs.values() and "VLLM_API_KEY" not in pairs
+    # Without a gateway the app talks to the first backend itself, with its key.
+    direct = app_env_pairs(ready, "sk-vllm", 60, {})
+    assert (direct["LLM_BASE_URL"], direct["LLM_API_KEY"]) == (VLLM["openai_base_url"], "sk-vllm")
+    assert app_env_pairs([OLLAMA], "sk-vllm", 60, {})["LLM_API_KEY"] == ""
+
+
+def test_the_gateway_overhead_is_asked_of_the_backend_the_gateway_sends_to_and_its_key_is_not_in_argv():
+    options = {"runs": 1, "warmup": 0, "drafts": 3, "max_tokens": 8, "timeout_s": 30, "gateway_requests": 50}
+    gateway = {
+        "url": "https://10.0.0.5:8080",
+        "servers": ["vllm", "ollama"],
+        "ca_file": "/etc/ca.pem",
+        "key_file": "/k",
+    }
+
+    def argv(record, gateway):
+        return benchmark_command(record, "/venv", options, "/r", "", "m", "awq", gateway)
+
+    vllm = argv(VLLM, gateway)
+    at = vllm.index("--gateway-url")
+    assert vllm[at : at + 5] == [
+        "--gateway-url",
+        "https://10.0.0.5:8080",
+        "--gateway-key-stdin",
+        "--gateway-requests",
+        "50",
+    ]
+    assert vllm[vllm.index("--gateway-ca-file") + 1] == "/etc/ca.pem"
+    assert "/k" not in vllm
+    ollama = argv(OLLAMA, gateway)
+    assert "--gateway-url" not in ollama
+    assert "its overhead is in the vllm report" in ollama[ollama.index("--gateway-absent-reason") + 1]
+    # Phase 1: Ollama alone behind the gateway is measured; no gateway at all: the reason says so.
+    assert "--gateway-key-stdin" in argv(OLLAMA, {**gateway, "servers": ["ollama"], "ca_file": ""})
+    for record in (VLLM, OLLAMA):
+        alone = argv(record, {})
+        assert alone[alone.index("--gateway-absent-reason") + 1] == "no gateway on this host (no llm_gateway.fact)"
+
+
+@pytest.mark.parametrize(
+    ("record", "argv", "stdin"),
+    [
+        (VLLM, ["--api-key-stdin", "--gateway-key-stdin"], "sk-vllm\nsk-gateway"),
+        (VLLM, ["--api-key-stdin", "--gateway-absent-reason", "r"], "sk-vllm"),
+        (OLLAMA, ["--gateway-key-stdin"], "sk-gateway"),
+        (OLLAMA, ["--gateway-absent-reason", "r"], ""),
+    ],
+)
+def test_the_benchmark_task_sends_the_keys_on_stdin_one_a_line(record, argv, stdin):
+    """The keys the role writes on the benchmark's standard input: vLLM's, then the gateway's, each on
+    its own line (a real newline, not a backslash and an n)."""
+    tasks = yaml.safe_load((REPO / "roles/llm_benchmark/tasks/benchmark.yml").read_text())
+    task = next(item for item in tasks if item.get("name") == "benchmark | Measure every backend")
+    variables = {
+        "item": record,
+        "__llm_benchmark_argv": argv,
+        "__llm_benchmark_vllm_api_key": "sk-vllm",
+        "__llm_benchmark_gateway_key": "sk-gateway",
+    }
+    templar = Templar(loader=DataLoader(), variables=variables)
+    assert templar.template(trust_as_template(task["vars"]["__llm_benchmark_stdin"])) == stdin
+    assert "__llm_benchmark_stdin" in task["ansible.builtin.command"]["stdin"]
+    assert "sk-" not in json.dumps(task["ansible.builtin.command"]["argv"])

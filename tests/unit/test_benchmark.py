@@ -257,3 +257,196 @@ def test_reports_are_compared_in_one_table_and_chart(server, tmp_path):
     rows = [line for line in md.read_text().splitlines() if line.startswith("| openai") or line.startswith("| ollama")]
     assert len(rows) == 2
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# -- the gateway's overhead ----------------------------------------------------------------------
+
+
+class Instant(Timed):
+    """A backend or a gateway that answers at once; every request is logged as (server name, path,
+    streamed, Authorization header), in one log shared by both servers, in arrival order."""
+
+    def do_POST(self):
+        server = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        auth = self.headers.get("Authorization")
+        with server.lock:
+            server.log.append((server.name, self.path, bool(body.get("stream")), auth))
+        if auth != f"Bearer {server.key}":
+            self._send(401, {"error": "Unauthorized"})
+            return
+        if not body.get("stream"):
+            self._send(200, {"choices": [{"index": 0, "message": {"content": "Ciao"}}], "usage": {}})
+            return
+        events = b'data: {"choices": [{"delta": {"content": "Ciao"}}]}\n\n' + b"data: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(events)))
+        self.end_headers()
+        self.wfile.write(events)
+
+
+@pytest.fixture
+def direct_and_gateway():
+    """A backend (key sk-direct) and a gateway in front of it (key sk-gw), sharing one request log."""
+    log, lock, servers = [], threading.Lock(), []
+    for name, key in (("direct", "sk-direct"), ("gateway", "sk-gw")):
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Instant)
+        httpd.daemon_threads = True
+        httpd.name, httpd.key, httpd.log, httpd.lock = name, key, log, lock
+        httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+    yield servers
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def bench_with_gateway(direct, *args, stdin="", tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("Ciao?\n")
+    command = [sys.executable, str(SCRIPT), "--base-url", direct.url, "--api", "openai", "--model", "tiny"]
+    command += ["--runs", "1", "--warmup", "0", "--drafts", "1", "--queries", str(queries), "--no-progress"]
+    command += ["--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"), *args]
+    return subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_gateway_overhead_is_the_difference_and_ratio_of_the_p50s():
+    overhead = benchmark.gateway_overhead([10.0, 12.0, 11.0, 30.0], [11.0, 13.5, 12.0, 29.0])
+    assert overhead["direct_ms_p50"] == pytest.approx(11.5)
+    assert overhead["gateway_ms_p50"] == pytest.approx(12.75)
+    assert overhead["overhead_ms_p50"] == pytest.approx(1.25)
+    assert overhead["ratio_p50"] == pytest.approx(12.75 / 11.5)
+    # Each gateway request minus the direct one sent just before it: 1, 1.5, 1, -1.
+    assert overhead["paired_overhead_ms_p50"] == pytest.approx(1.0)
+    assert (overhead["samples"], overhead["reason"]) == (4, None)
+
+
+@pytest.mark.parametrize(
+    ("direct", "gateway", "reason", "expected"),
+    [
+        ([], [], "no gateway on this host", "no gateway on this host"),
+        ([], [], None, "no request was measured"),
+        ([10.0], [11.0], "a request failed: HTTP 401", "a request failed: HTTP 401"),
+    ],
+)
+def test_an_overhead_that_was_not_measured_is_null_with_its_reason(direct, gateway, reason, expected):
+    overhead = benchmark.gateway_overhead(direct, gateway, reason)
+    figures = ("direct_ms_p50", "gateway_ms_p50", "overhead_ms_p50", "ratio_p50", "paired_overhead_ms_p50")
+    assert all(overhead[key] is None for key in figures)
+    assert (overhead["samples"], overhead["reason"]) == (0, expected)
+    assert f"not measured: {expected}" in benchmark.overhead_line(overhead)
+
+
+def test_the_overhead_requests_go_in_turn_with_each_side_its_own_key_from_stdin(direct_and_gateway, tmp_path):
+    direct, gateway = direct_and_gateway
+    result = bench_with_gateway(
+        direct,
+        "--api-key-stdin",
+        "--gateway-url",
+        f"{gateway.url}/v1",
+        "--gateway-key-stdin",
+        "--gateway-requests",
+        "5",
+        stdin="sk-direct\nsk-gw\n",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sk-" not in result.stdout + result.stderr
+    overhead = json.loads((tmp_path / "r.json").read_text())["gateway_overhead"]
+    assert overhead["reason"] is None
+    assert overhead["samples"] == 5
+    assert len(overhead["direct_ms"]) == len(overhead["gateway_ms"]) == 5
+    for key in ("direct_ms_p50", "gateway_ms_p50", "overhead_ms_p50", "ratio_p50", "paired_overhead_ms_p50"):
+        assert isinstance(overhead[key], float), key
+    assert overhead["overhead_ms_p50"] == pytest.approx(overhead["gateway_ms_p50"] - overhead["direct_ms_p50"])
+    assert overhead["ratio_p50"] == pytest.approx(overhead["gateway_ms_p50"] / overhead["direct_ms_p50"])
+    assert overhead["gateway_url"] == f"{gateway.url}/v1/chat/completions"
+    # The non-streamed requests, the 2 warm-up pairs included, alternate: direct, gateway, direct, ...
+    turns = [(name, auth) for name, path, streamed, auth in direct.log if not streamed]
+    assert turns == [("direct", "Bearer sk-direct"), ("gateway", "Bearer sk-gw")] * 7
+    assert {path for _, path, _, _ in direct.log} == {"/v1/chat/completions"}
+    report = (tmp_path / "r.md").read_text()
+    assert "Gateway overhead (5 non-streamed requests each way, in turn): direct p50" in report
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--gateway-absent-reason", "no gateway on this host"], "no gateway on this host"),
+        ([], "no gateway was named (--gateway-url)"),
+        (["--gateway-url", "http://127.0.0.1:9", "--gateway-requests", "0"], "--gateway-requests 0: not asked for"),
+    ],
+)
+def test_without_a_gateway_the_overhead_is_null_with_the_reason(direct_and_gateway, args, reason, tmp_path):
+    direct, _ = direct_and_gateway
+    result = bench_with_gateway(direct, "--api-key-stdin", *args, stdin="sk-direct\n", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    overhead = json.loads((tmp_path / "r.json").read_text())["gateway_overhead"]
+    assert (overhead["reason"], overhead["overhead_ms_p50"], overhead["ratio_p50"]) == (reason, None, None)
+    assert not [entry for entry in direct.log if not entry[2]]  # no overhead request was sent
+    assert f"Gateway overhead: not measured: {reason}." in (tmp_path / "r.md").read_text()
+
+
+def test_a_failed_gateway_request_exits_1_keeping_the_run_and_nulls_the_overhead(direct_and_gateway, tmp_path):
+    direct, gateway = direct_and_gateway
+    result = bench_with_gateway(
+        direct,
+        "--api-key-stdin",
+        "--gateway-url",
+        gateway.url,
+        "--gateway-key-stdin",
+        stdin="sk-direct\nsk-wrong\n",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "the gateway's overhead" in result.stderr
+    assert "answered HTTP 401" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "sk-wrong" not in result.stdout + result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["latency_s_p50"] is not None
+    overhead = report["gateway_overhead"]
+    assert overhead["reason"].startswith("a request failed: ")
+    assert overhead["overhead_ms_p50"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gateway-key-stdin"], "--gateway-key-stdin and --gateway-ca-file need --gateway-url"),
+        (["--gateway-url", "gateway:8080"], "is not an http(s) URL"),
+        (["--gateway-url", "http://127.0.0.1:8080", "--gateway-requests", "-1"], "is negative"),
+        (["--gateway-url", "http://127.0.0.1:8080", "--gateway-ca-file", "/nonexistent/ca.pem"], "no such file"),
+    ],
+)
+def test_bad_gateway_arguments_exit_2_with_one_line(direct_and_gateway, args, message, tmp_path):
+    direct, _ = direct_and_gateway
+    result = bench_with_gateway(direct, *args, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not direct.log
+
+
+def test_the_comparison_shows_the_gateway_overhead_of_each_report(direct_and_gateway, tmp_path):
+    direct, gateway = direct_and_gateway
+    args = ["--gateway-url", gateway.url, "--gateway-key-stdin", "--gateway-requests", "3"]
+    result = bench_with_gateway(direct, "--api-key-stdin", *args, stdin="sk-direct\nsk-gw\n", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    md = tmp_path / "compare.md"
+    compared = subprocess.run(
+        [sys.executable, str(SCRIPT), "--compare", str(tmp_path / "r.json"), "--markdown", str(md)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert "- openai tiny: Gateway overhead (3 non-streamed requests each way, in turn): direct p50" in md.read_text()

@@ -549,3 +549,38 @@ def test_a_layer_keeps_what_the_install_wrote_and_drops_what_the_boot_wrote_abou
         "var/log/journal/abc/system@1.journal",
     ]
     assert dirs == ["var/log/journal/abc", "etc/ssh", "opt/lab-wheels", "root/.ssh", "etc", "opt"]
+
+
+def test_labs_that_come_up_at_once_build_the_shared_image_and_key_once(tmp_path, monkeypatch):
+    """The suite boots two labs at once: the image (and the ssh key) are built under one lock, once."""
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from scripts.lablib import image, system  # noqa: PLC0415
+
+    builds, keys = [], []
+
+    def slow_build(lab_home, target, suite, log):
+        builds.append(target)
+        time.sleep(0.5)  # the other lab asks meanwhile
+        (target / "usr/lib/systemd").mkdir(parents=True)
+        (target / "usr/lib/systemd/systemd").touch()
+
+    def keygen(command, **kwargs):
+        keys.append(command)
+        time.sleep(0.5)
+        Path(command[-1]).touch()
+
+    monkeypatch.setattr(image, "_build_image", slow_build)
+    monkeypatch.setattr(system, "run", keygen)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append((system.ensure_key(tmp_path), image.build_image(tmp_path))))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and len(keys) == 1
+    assert results[0] == results[1] == (tmp_path / "keys" / "id_ed25519", image.image_path(tmp_path))

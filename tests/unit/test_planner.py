@@ -284,3 +284,106 @@ def test_an_operators_tensor_parallel_size_is_used_only_when_valid_and_fitting()
     small = PlanRequest("mixtral-8x7b-instruct", "awq", 2, 23034, "8.9", max_model_len=8192)
     with pytest.raises(PlanError, match=r"tensor-parallel size 1 .* does not fit: needs"):
         plan_with_tensor_parallel(small, entry, SERVING, 1)
+
+
+# --- a warm fallback: Ollama's copy of the model stays loaded beside vLLM (llm_fallback_warm) -------
+# Mixtral 8x7B's Ollama tag: 26.4 GB = 25,178 MiB of weights + its KV cache at 16 bits for 24,576
+# tokens (128 KiB a token: 3,072 MiB) + 1,024 MiB overhead = 29,274 MiB on the host's GPUs together.
+FALLBACK_MIB = 25178 + 3072 + 1024
+GB141 = 143771  # MiB, an H200
+
+
+def free_beside_vllm(result) -> int:
+    """GPU memory vLLM leaves on the host: its unused GPUs whole, and each of its own less what it takes."""
+    unused = result["gpus"] - result["tensor_parallel_size"]
+    taken = math.floor(result["gpu_mem_mib"] * result["gpu_memory_utilization"])
+    return unused * result["gpu_mem_mib"] + result["tensor_parallel_size"] * (result["gpu_mem_mib"] - taken)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "mem", "utilization"),
+    [(1, GB80, 0.64), (1, GB141, 0.79), (2, GB24, None), (1, GB40, None), (2, GB80, 0.9), (4, GB40, 0.9)],
+)
+def test_a_warm_fallback_lowers_the_utilization_until_ollama_fits_beside_vllm(gpus, mem, utilization):
+    result = make_plan("mixtral-8x7b-instruct", "awq", gpus, mem, fallback_warm=True)
+    if utilization is None:
+        assert not result["fits"], result
+        return
+    assert result["fits"]
+    assert result["fallback_warm_mib"] == FALLBACK_MIB
+    assert result["gpu_memory_utilization"] == utilization
+    assert f"--gpu-memory-utilization={utilization}" in result["vllm_args"]
+    assert free_beside_vllm(result) >= FALLBACK_MIB
+    # the highest utilization that leaves it room: one step (0.01) more would not
+    if result["tensor_parallel_size"] == gpus:
+        assert free_beside_vllm({**result, "gpu_memory_utilization": utilization + 0.01}) < FALLBACK_MIB
+    assert result["per_gpu_mib"]["headroom"] >= 0
+
+
+def test_the_plan_says_why_the_utilization_is_lower():
+    result = make_plan("mixtral-8x7b-instruct", "awq", 1, GB80, fallback_warm=True)
+    note = next(note for note in result["notes"] if note.startswith("warm fallback"))
+    assert "Ollama's mixtral:8x7b-instruct-v0.1-q4_K_M stays loaded beside vLLM, 29274 MiB" in note
+    assert "(weights 25178 + KV cache 3072 for 24576 tokens + overhead 1024)" in note
+    assert note.endswith("gpu_memory_utilization lowered from 0.9 to 0.64")
+    spare = make_plan("mixtral-8x7b-instruct", "awq", 2, GB80, fallback_warm=True)
+    assert any("fits on the 1 GPU(s) vLLM leaves unused; utilization unchanged" in note for note in spare["notes"])
+
+
+def test_without_the_warm_fallback_nothing_changes():
+    cold = make_plan("mixtral-8x7b-instruct", "awq", 1, GB80)
+    assert cold["gpu_memory_utilization"] == 0.9 and cold["fallback_warm_mib"] is None
+    assert not any(note.startswith("warm fallback") for note in cold["notes"])
+
+
+def test_a_warm_fallback_that_cannot_fit_is_refused_with_the_reason_and_the_way_out():
+    result = make_plan("mixtral-8x7b-instruct", "awq", 2, GB24, fallback_warm=True)
+    assert not result["fits"] and result["vllm_args"] == []
+    assert "leaving 29274 MiB for the warm fallback" in result["rejected"][-1]["reason"]
+    assert "without the warm fallback (llm_fallback_warm: false; it then loads cold) TP 2 fits" in result["suggestions"]
+    assert any("no tensor-parallel size leaves it room" in note for note in result["notes"])
+    # an operator's tensor-parallel size is refused the same way
+    with pytest.raises(PlanError, match=r"does not fit: needs .* leaving 29274 MiB for the warm fallback"):
+        plan_with_tensor_parallel(
+            PlanRequest("mixtral-8x7b-instruct", "awq", 2, GB24, "8.9", fallback_warm=True),
+            MODELS["mixtral-8x7b-instruct"],
+            SERVING,
+            2,
+        )
+
+
+def test_an_operators_utilization_is_the_ceiling_the_fallback_lowers():
+    result = make_plan("mixtral-8x7b-instruct", "awq", 1, GB80, gpu_memory_utilization=0.5, fallback_warm=True)
+    assert result["gpu_memory_utilization"] == 0.5
+    result = make_plan("mixtral-8x7b-instruct", "awq", 1, GB80, gpu_memory_utilization=0.95, fallback_warm=True)
+    assert result["gpu_memory_utilization"] == 0.64
+
+
+def test_an_operators_tensor_parallel_size_gets_its_own_utilization_beside_the_fallback():
+    request = PlanRequest("mixtral-8x7b-instruct", "awq", 2, GB80, "8.9", fallback_warm=True)
+    result = plan_with_tensor_parallel(request, MODELS["mixtral-8x7b-instruct"], SERVING, 2)
+    assert result["tensor_parallel_size"] == 2
+    assert free_beside_vllm(result) >= FALLBACK_MIB
+    assert f"--gpu-memory-utilization={result['gpu_memory_utilization']}" in result["vllm_args"]
+
+
+def test_a_model_without_an_ollama_tag_has_no_fallback_to_keep_warm():
+    entry = {**MODELS["mixtral-8x7b-instruct"], "ollama": None}
+    with pytest.raises(PlanError, match=r"has no Ollama tag in the catalog.*llm_fallback_warm: false"):
+        plan(PlanRequest("mixtral-8x7b-instruct", "awq", 1, GB80, "8.9", fallback_warm=True), entry, SERVING)
+
+
+def test_the_plan_command_and_the_roles_filter_leave_room_for_a_warm_fallback(capsys):
+    from llm_toolkit.plan import main  # noqa: PLC0415
+    from tests.ansible_plugins import ansible_filter  # noqa: PLC0415
+
+    args = ["--model", "mixtral-8x7b-instruct", "--format", "awq", "--gpus", "1", "--gpu-mem-mib", str(GB80)]
+    assert main([*args, "--fallback-warm"]) == 0
+    assert "note     warm fallback: Ollama's" in capsys.readouterr().out
+    two_small = ["--model", "mixtral-8x7b-instruct", "--format", "awq", "--gpus", "2", "--gpu-mem-mib", str(GB24)]
+    assert main([*two_small, "--fallback-warm"]) == 1
+    assert "instead  without the warm fallback" in capsys.readouterr().out
+    gpus = [{"memory_total_mib": GB80, "compute_cap": "9.0"}]
+    serving_plan = ansible_filter("llm_serving_plan")
+    assert serving_plan(gpus, "mixtral-8x7b-instruct", "awq", fallback_warm=True)["gpu_memory_utilization"] == 0.64
+    assert serving_plan(gpus, "mixtral-8x7b-instruct", "awq")["gpu_memory_utilization"] == 0.9

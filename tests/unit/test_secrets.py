@@ -224,7 +224,7 @@ def all_tasks() -> list[tuple[str, dict]]:
 
 def test_the_walk_sees_tasks_inside_blocks():
     names = [task.get("name") for _, task in all_tasks()]
-    assert "render | Ensure the .env holds the ready backends" in names  # included from a block's include
+    assert "write | Ensure the .env is in place" in names  # included from a block's include
     assert "service | Ensure the generated API key exists (when vllm_api_key is empty)" in names
     assert len(names) > 150
 
@@ -250,7 +250,7 @@ def test_no_secret_bearing_file_is_backed_up():
 
 
 def test_the_cleanup_finds_ansible_backup_names_and_nothing_else():
-    render = yaml.safe_load((REPO / "roles/llm_app_env/tasks/render.yml").read_text())
+    render = yaml.safe_load((REPO / "roles/llm_app_env/tasks/write.yml").read_text())
     find = next(task for task in render if "ansible.builtin.find" in task)["ansible.builtin.find"]
     pattern = Templar(loader=DataLoader(), variables={"llm_app_env_path": "/srv/app/.env"}).template(
         trust_as_template(find["patterns"])

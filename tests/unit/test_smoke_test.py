@@ -35,12 +35,21 @@ class Scripted(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server.seen.append((self.path, body, self.headers.get("Authorization")))
         time.sleep(server.delay)
+        status, answer = server.status, server.answer
+        with server.lock:
+            if server.script:  # (status, answer) per request, in the order requests arrive
+                status, answer = server.script.pop(0)
+        if server.gate is not None:  # answer only once every expected request is in flight
+            try:
+                server.gate.wait()
+            except threading.BrokenBarrierError:
+                status, answer = 503, "the requests did not arrive together"
         if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
             status, payload = 401, {"error": "Unauthorized"}
         elif self.path == "/api/chat":
-            status, payload = server.status, {"message": {"role": "assistant", "content": server.answer}, "done": True}
+            payload = {"message": {"role": "assistant", "content": answer}, "done": True}
         elif self.path == "/v1/chat/completions":
-            status, payload = server.status, {"choices": [{"message": {"role": "assistant", "content": server.answer}}]}
+            payload = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
         else:
             status, payload = 404, {"error": "not found"}
         data = (server.raw if server.raw is not None else json.dumps(payload)).encode()
@@ -55,6 +64,7 @@ class Scripted(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     httpd.answer, httpd.status, httpd.delay, httpd.key, httpd.raw, httpd.seen = ITALIAN, 200, 0.0, "", None, []
+    httpd.script, httpd.gate, httpd.lock = [], None, threading.Lock()
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield httpd
@@ -170,6 +180,9 @@ def test_the_api_key_comes_from_the_environment_or_stdin_never_argv(server):
         ["--base-url", "http://x", "--api", "openai", "--model", "m", "--api-key-env", "NO_SUCH_VARIABLE_HERE"],
         ["--base-url", "http://x", "--api", "openai", "--model", "m", "--timeout", "0"],
         ["--api", "openai"],
+        ["--base-url", "http://x", "--api", "openai", "--model", "m", "--concurrency", "0"],
+        ["--base-url", "http://x", "--api", "openai", "--model", "m", "--concurrency", "65"],
+        ["--base-url", "http://x", "--api", "openai", "--model", "m", "--concurrency", "four"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_message(args):
@@ -220,3 +233,75 @@ def test_a_body_cut_short_is_an_answer_that_broke_off_not_an_unreachable_service
     assert result.returncode == 2
     assert "answered HTTP 200, then its body broke off after 13 bytes" in result.stderr
     assert "unreachable" not in result.stderr
+
+
+# --- concurrent mode: the app's drafts at once (issue 14; fault matrix row 29) ---------------------
+
+
+def concurrent(server, count: int, *extra: str) -> subprocess.CompletedProcess:
+    return smoke("--base-url", server.url, "--api", "openai", "--model", "mixtral", "--concurrency", str(count), *extra)
+
+
+@pytest.mark.parametrize("api", ["openai", "ollama"])
+def test_concurrent_requests_are_in_flight_together_and_every_answer_is_checked(server, api):
+    # The server answers only when all four requests have arrived: sent one after another, they
+    # would break its barrier and get 503.
+    server.gate = threading.Barrier(4, timeout=30)
+    result = smoke("--base-url", server.url, "--api", api, "--model", "mixtral", "--concurrency", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[:4]] == [f"request {n}" for n in range(1, 5)]
+    assert all(": passed in " in line and "Ciao!" in line for line in lines[:4])
+    assert lines[4].startswith(f"smoke test passed: {api} mixtral at {server.url}: 4 of 4 concurrent answers")
+    assert len(server.seen) == 4
+
+
+def test_one_answer_not_in_italian_fails_the_concurrent_run_and_is_named(server):
+    server.script = [(200, ITALIAN), (200, ENGLISH), (200, ITALIAN), (200, ITALIAN)]
+    result = concurrent(server, 4)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = [line for line in result.stdout.splitlines() if ": FAILED italian (detected en" in line]
+    assert len(failed) == 1 and "Hello!" in failed[0]
+    assert result.stdout.count(": passed in ") == 3
+    assert "smoke test FAILED: openai mixtral at" in result.stdout
+    assert "1 of 4 concurrent answers failed a check" in result.stdout
+
+
+def test_an_empty_answer_among_concurrent_ones_fails_as_empty(server):
+    server.script = [(200, ITALIAN), (200, ""), (200, ITALIAN)]
+    result = concurrent(server, 3)
+    assert result.returncode == 1
+    assert "FAILED non_empty (0 characters)" in result.stdout
+
+
+def test_a_concurrent_request_answered_with_an_http_error_exits_2_in_one_line(server):
+    server.script = [(200, ITALIAN), (503, "busy"), (200, ITALIAN), (200, ITALIAN)]
+    result = concurrent(server, 4)
+    assert result.returncode == 2, result.stdout + result.stderr
+    stderr = result.stderr.strip().splitlines()
+    assert len(stderr) == 1 and "Traceback" not in result.stderr
+    assert "1 of 4 concurrent requests could not be asked; first: request" in stderr[0]
+    assert "answered HTTP 503" in stderr[0]
+    assert result.stdout.count(": passed in ") == 3
+
+
+def test_concurrent_answers_cut_short_are_not_complete():
+    with FaultServer().serve("truncated", b'{"choices": [') as cut:
+        result = smoke(
+            "--base-url", cut.url, "--api", "openai", "--model", "m", "--concurrency", "2", "--timeout", "10"
+        )
+    assert result.returncode == 2
+    assert "2 of 2 concurrent requests could not be asked" in result.stderr
+    assert "then its body broke off after 13 bytes" in result.stderr
+    assert result.stdout.count("could not be asked: ") == 2
+
+
+def test_the_concurrent_json_report_has_every_request(server):
+    server.script = [(200, ITALIAN), (200, ENGLISH), (200, ITALIAN)]
+    result = concurrent(server, 3, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["concurrency"] == 3 and report["exit_code"] == 1 and not report["passed"]
+    assert [entry["request"] for entry in report["requests"]] == [1, 2, 3]
+    assert sorted(entry["exit_code"] for entry in report["requests"]) == [0, 0, 1]
+    assert all(entry["latency_s"] is not None and entry["checks"] for entry in report["requests"])

@@ -34,3 +34,6 @@ def test_the_time_limits_cover_every_request_at_its_deadline():
     # 6 runs x 3 default queries x 3 kinds of request (streamed, concurrent drafts, n=), each at 300 s.
     assert benchmark_time_limit(options, 0) == 6 * 3 * 3 * 300 + COMMAND_MARGIN_S
     assert benchmark_time_limit(options, 1) == 6 * 1 * 3 * 300 + COMMAND_MARGIN_S
+    # The gateway's overhead: its requests both ways, 2 warm-up pairs included, each at 300 s.
+    gateway = {**options, "gateway_requests": 50}
+    assert benchmark_time_limit(gateway, 1) == (6 * 1 * 3 + 2 * (2 + 50)) * 300 + COMMAND_MARGIN_S

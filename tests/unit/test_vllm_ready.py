@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from llm_toolkit.host import llm_probe
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = """- hosts: localhost
@@ -66,7 +67,7 @@ def slow_server():
     server.server_close()
 
 
-def wait_for(port: int, retries: int, tmp_path: Path) -> subprocess.CompletedProcess:
+def wait_for(port: int, retries: int, tmp_path: Path, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
     playbook = tmp_path / "ready.yml"
     playbook.write_text(PLAYBOOK.format(ready=REPO / "roles" / "vllm" / "tasks" / "ready.yml"))
     extra = {
@@ -93,7 +94,12 @@ def wait_for(port: int, retries: int, tmp_path: Path) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1"),
+        env=dict(
+            os.environ,
+            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+            ANSIBLE_NOCOLOR="1",
+            PATH=os.pathsep.join(filter(None, [str(path_prefix or ""), os.environ["PATH"]])),
+        ),
         check=False,
     )
 
@@ -108,3 +114,50 @@ def test_connection_refused_after_a_start_is_loading_and_waited_for_until_the_se
     retries = [line for line in run.stdout.splitlines() if line.startswith("FAILED - RETRYING: [localhost]: ")]
     assert any("ready | Wait until the API lists the served model" in line for line in retries), run.stdout
     assert "did not serve" not in run.stdout
+
+
+# systemd and its journal as a unit that hit its start limit shows them (stand-ins on PATH for this run).
+GAVE_UP = {
+    "systemctl": "printf 'ActiveState=failed\\nSubState=failed\\nResult=start-limit-hit\\nNRestarts=4\\n'",
+    "journalctl": "echo 'vllm: error: unrecognized arguments: --no-such-flag'",
+}
+
+
+def test_a_unit_that_systemd_gave_up_on_ends_the_wait_at_once_with_its_journal(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in GAVE_UP.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    with socket.socket() as bound:  # bound and never listening: connection refused, as a dead server
+        bound.bind(("127.0.0.1", 0))
+        run = wait_for(bound.getsockname()[1], 60, tmp_path, path_prefix=bin_dir)
+    assert run.returncode != 0
+    assert (
+        "localhost: vllm.service did not serve mixtral and systemd gave up on it after 4 restarts"
+        " (Result=start-limit-hit); last journal lines: vllm: error: unrecognized arguments: --no-such-flag"
+    ) in run.stdout, run.stdout[-3000:]
+    assert "FAILED - RETRYING" not in run.stdout  # the first probe saw it: no wait for the 60 s budget
+
+
+def test_the_probe_reads_the_list_the_refusal_and_the_units_state():
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/models"
+        assert llm_probe.listed_models(url, "k", 5) == {"status": 200, "models": ["mixtral"], "error": ""}
+        listed = llm_probe.probe(url, "", "mixtral", "", 5)
+        assert (listed["listed"], listed["unit"], listed["unit_gave_up"]) == (True, {}, False)
+        assert llm_probe.probe(url, "", "gemma2", "", 5)["listed"] is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    refused = llm_probe.listed_models(url, "", 5)
+    assert (refused["status"], refused["models"]) == (0, []) and refused["error"]
+    shown = subprocess.CompletedProcess([], 0, "ActiveState=activating\nSubState=auto-restart\nNRestarts=2\n", "")
+    state = llm_probe.unit_state("vllm.service", run=lambda *args, **kwargs: shown)
+    assert state == {"ActiveState": "activating", "SubState": "auto-restart", "NRestarts": "2"}
+    assert not llm_probe.gave_up(state)  # between two tries: systemd starts it again
+    assert llm_probe.gave_up({"ActiveState": "failed", "Result": "start-limit-hit"})
+    missing = subprocess.CompletedProcess([], 1, "", "System has not been booted with systemd")
+    assert llm_probe.unit_state("vllm.service", run=lambda *args, **kwargs: missing) == {}

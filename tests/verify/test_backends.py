@@ -9,6 +9,7 @@ import json
 import shlex
 
 import pytest
+from llm_toolkit.host.llm_probe import parse_unit_properties
 
 from tests.verify.verify_helpers import VLLM_ENV, api_get_command, key_to_stdout, setting
 
@@ -63,9 +64,7 @@ def test_it_listens_only_on_the_configured_address(host, backend):
 
 def test_the_unit_keeps_its_hardening(host, backend):
     properties = " ".join(f"-p {name}" for name in HARDENING)
-    shown = dict(
-        line.split("=", 1) for line in host.run(f"systemctl show {properties} {backend['unit']}").stdout.splitlines()
-    )
+    shown = parse_unit_properties(host.run(f"systemctl show {properties} {backend['unit']}").stdout)
     loosened = {name: shown.get(name) for name, value in HARDENING.items() if shown.get(name) != value}
     assert not loosened, f"{backend['unit']} lost hardening: {loosened} (expected {HARDENING})"
 

@@ -52,6 +52,10 @@ def test_the_env_file_holds_the_expected_keys(host, app_env):
     values = env_values(host, app_env)
     missing = [key for key in app_env["keys"] if key not in values]
     assert not missing, f"{app_env['path']} lacks {missing}"
+    assert values["LLM_BASE_URL"].startswith("http"), f"LLM_BASE_URL is {values['LLM_BASE_URL']!r}"
+    if not app_env["backends"]:  # an app server: the fleet gateway only, no backend of its own
+        assert "LLM_BACKEND" not in values, "an app server's .env names a backend"
+        return
     assert values["LLM_BACKEND"] in app_env["backends"], values["LLM_BACKEND"]
     for backend in app_env["backends"]:
         url = values.get(f"{backend.upper()}_BASE_URL", "")

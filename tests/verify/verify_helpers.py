@@ -1,7 +1,9 @@
 """Helpers of the host verifiers: the shared settings as a host sees them, and what the roles recorded on it."""
 
+import datetime
 import inspect
 import json
+import re
 import shlex
 import textwrap
 from pathlib import Path
@@ -101,3 +103,13 @@ def processes_holding(listing: str, secrets: set[str]) -> list[str]:
         if any(secret in cmdline for secret in secrets):
             found.append(f"PID {pid} ({executable or 'executable unknown'})")
     return found
+
+
+def certificate_days_left(show_ssl_cert: str, now: datetime.datetime | None = None) -> int | None:
+    """Days until the certificate's `notAfter` in HAProxy's `show ssl cert <file>` answer (None when the
+    answer has none)."""
+    match = re.search(r"^not ?after: (.+)$", show_ssl_cert, re.M | re.I)
+    if not match:
+        return None
+    not_after = datetime.datetime.strptime(match[1].strip(), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=datetime.UTC)
+    return (not_after - (now or datetime.datetime.now(datetime.UTC))).days

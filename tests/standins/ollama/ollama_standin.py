@@ -215,6 +215,10 @@ class Runner:
         env["LD_LIBRARY_PATH"] = ":".join(filter(None, [str(HERE), env.get("LD_LIBRARY_PATH", "")]))
         env.update(HOME=str(cache), XDG_CACHE_HOME=str(cache), VLLM_CACHE_ROOT=str(cache / "vllm"))
         env.update(NUMBA_CACHE_DIR=str(cache / "numba"), TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"))
+        # vLLM's CPU build pins its engine's threads to cores. The toolkit's vLLM on a lab CPU host
+        # takes the first core ("auto"); the runner takes the last, or a vLLM start beside a runner
+        # under load (the failover drill) waits for that one core: 117 s instead of 28 s.
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(max(os.sched_getaffinity(0))))
         log(f"starting llama runner (stand-in: vLLM CPU) for {name.short} on port {self.port}")
         self.process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True

@@ -584,7 +584,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         hasher, completed = hashlib.sha256(), 0
         try:
             with urllib.request.urlopen(f"{base}/blobs/{digest}", timeout=60) as response, partial.open("wb") as out:  # noqa: S310
-                while block := response.read(CHUNK):
+                while block := response.read1(CHUNK):  # what has arrived, as Ollama reports progress as it goes
                     try:
                         out.write(block)
                         out.flush()

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 
-from llm_toolkit.benchmark import OVERHEAD_WARMUP_PAIRS
+# The benchmark's gateway-overhead pairs it sends first and does not record (the first connections, the
+# first pass through the gateway); here so the request count is known without importing the benchmark.
+OVERHEAD_WARMUP_PAIRS = 2
 
 # Local facts of the service roles, in the app's order of preference (vLLM first, Ollama the fallback).
 BACKEND_FACTS = {"vllm": "llm_vllm", "ollama": "llm_ollama"}

@@ -41,6 +41,7 @@ import threading
 import time
 from pathlib import Path
 
+from llm_toolkit.backends import OVERHEAD_WARMUP_PAIRS
 from llm_toolkit.catalog import get_model, load_models
 from llm_toolkit.cli import OneLineParser, output_problem, positive_seconds
 from llm_toolkit.deadline import HttpFailure, Response, post_json
@@ -399,7 +400,6 @@ def n_at_once(args: argparse.Namespace, query: str) -> dict:
 OVERHEAD_PROMPT = "Rispondi con una sola parola: ciao?"
 OVERHEAD_PATH = "/v1/chat/completions"
 OVERHEAD_MAX_TOKENS = 1
-OVERHEAD_WARMUP_PAIRS = 2  # not recorded: the first connections, the first pass through the gateway
 
 
 def timed_chat(url: str, model: str, key: str, timeout: float, ca_file: str | None = None) -> float:

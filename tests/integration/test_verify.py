@@ -119,6 +119,14 @@ BREAKAGES = {
         f"python3 -c {shlex.quote(RUNTIME)} /run/haproxy/master.sock 'set server llm/vllm state ready'",
         {"test_gateway::test_every_server_is_in_rotation_or_drained_for_a_reason"},
     ),
+    # A runtime drop-in: systemd shows the new KillMode after a reload, without a restart.
+    "a vLLM unit whose stop kills its engine at once": (
+        "mkdir -p /run/systemd/system/vllm.service.d"
+        " && printf '[Service]\\nKillMode=control-group\\n' > /run/systemd/system/vllm.service.d/zz.conf"
+        " && systemctl daemon-reload",
+        "rm /run/systemd/system/vllm.service.d/zz.conf && systemctl daemon-reload",
+        {"test_backends::test_the_unit_keeps_its_hardening[vllm]"},
+    ),
     "a loosened .env": (
         f"chmod 0644 {ENV_PATH}",
         f"chmod 0600 {ENV_PATH}",

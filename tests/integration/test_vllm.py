@@ -262,6 +262,72 @@ def test_an_engine_that_exits_cleanly_is_restarted_and_serves_again(converged, s
     assert chat(host, with_key=True) == ITALIAN
 
 
+# Runs on the host as root: one streamed request for many long answers (n sequences of max_tokens
+# each, ignore_eos), `systemctl stop vllm` once the first chunks arrived, then the stream read to its
+# end. Prints what arrived, when the last chunk came, and how long the stop took.
+IN_FLIGHT = """python3 - <<'EOF'
+import json, subprocess, time, urllib.request
+key = next(line.split("=", 1)[1].strip().strip('"') for line in open("/etc/vllm/vllm.env")
+           if line.startswith("VLLM_API_KEY="))
+body = {"model": "mixtral", "messages": [{"role": "user", "content": "Come posso lavare la mia auto?"}],
+        "max_tokens": %(max_tokens)d, "n": %(n)d, "ignore_eos": True, "stream": True,
+        "stream_options": {"include_usage": True}}
+request = urllib.request.Request("http://127.0.0.1:8000/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", "Authorization": "Bearer " + key})
+chunks, reasons, usage, stop, error, last = 0, [], None, None, None, None
+try:
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        for line in answer:
+            line = line.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line[6:])
+            chunks, last = chunks + 1, time.time()
+            usage = data.get("usage") or usage
+            reasons += [choice["finish_reason"] for choice in data.get("choices", []) if choice.get("finish_reason")]
+            if chunks == 5:
+                stop, stop_started = subprocess.Popen(["systemctl", "stop", "vllm.service"]), time.monotonic()
+except Exception as exc:  # what a cut stream raises is the finding
+    error = repr(exc)
+stop_s = None
+if stop is not None:
+    stop.wait()
+    stop_s = round(time.monotonic() - stop_started, 1)
+print(json.dumps({"chunks": chunks, "reasons": reasons, "usage": usage, "error": error, "last_chunk": last,
+                  "stop_s": stop_s}))
+EOF"""
+# Enough work that the stop's SIGTERM, which comes after the gateway drained vLLM (ExecStop), finds
+# the engine still generating (the drain step is slow while the engine holds both cores): about 12 s
+# of work on the 2-core lab machine, SIGTERM after 2 to 9 s of it, the rest well inside the 30 s drain.
+IN_FLIGHT_N, IN_FLIGHT_TOKENS = 128, 490
+
+
+def test_a_request_in_flight_when_vllm_stops_gets_its_whole_answer(converged, session_lab):
+    """`systemctl stop` (an upgrade, a restart, a reboot) lets the answers being written finish: the
+    API server alone gets SIGTERM (KillMode=mixed) and drains for --shutdown-timeout. With the
+    default control-group the engine got SIGTERM too and every answer in flight was cut."""
+    host = session_lab.host(HOST)
+    since = int(time.time())
+    try:
+        result = host.run(IN_FLIGHT % {"n": IN_FLIGHT_N, "max_tokens": IN_FLIGHT_TOKENS})
+        assert result.rc == 0, result.stderr
+        report = json.loads(result.stdout)
+        journal = host.run(f"journalctl -u vllm.service --since @{since} -o short-unix --no-pager").stdout
+    finally:
+        host.run("systemctl start vllm.service")
+    triggered = [float(line.split()[0]) for line in journal.splitlines() if "shutdown triggered" in line]
+    # The stop reached vLLM while the answer was still being written: it proves the drain.
+    assert triggered and report["last_chunk"] and triggered[0] < report["last_chunk"], (report, journal[-3000:])
+    assert report["error"] is None, (report, journal[-3000:])
+    assert report["reasons"] == ["length"] * IN_FLIGHT_N, report
+    assert report["usage"]["completion_tokens"] == IN_FLIGHT_N * IN_FLIGHT_TOKENS, report
+    assert "Stopped vllm.service" in journal, journal[-3000:]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and chat(host, with_key=True) != ITALIAN:
+        time.sleep(2)
+    assert chat(host, with_key=True) == ITALIAN
+
+
 @pytest.fixture(scope="module")
 def hub(session_lab, tiny_model):
     """The Hugging Face Hub stand-in on the lab bridge, serving the tiny model as a gated repository."""

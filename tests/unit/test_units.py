@@ -34,13 +34,19 @@ ODD_NAME = 'rag 100% "$HOME" \\ ok'
 
 GROUPS = {"video": ["x", "44", ""], "render": ["x", "105", ""]}
 HOSTS = {
-    "gpu": {"render_gpu_profile": "2x-A10G-24GB", "render_facts": {"processor_vcpus": 16, "getent_group": GROUPS}},
-    "cpu": {"llm_accelerator": "cpu", "render_facts": {"processor_vcpus": 4, "getent_group": GROUPS}},
+    "gpu": {
+        "render_gpu_profile": "2x-A10G-24GB",
+        "render_facts": {"processor_vcpus": 16, "getent_group": GROUPS, "architecture": "x86_64"},
+    },
+    "cpu": {
+        "llm_accelerator": "cpu",
+        "render_facts": {"processor_vcpus": 4, "getent_group": GROUPS, "architecture": "x86_64"},
+    },
     # A GPU host without a render group, nvidia-smi outside PATH, a served name systemd would expand,
     # other timeouts, and an API on another address (with a key).
     "gpu-odd": {
         "render_gpu_profile": "1x-A100-80GB",
-        "render_facts": {"processor_vcpus": 8, "getent_group": {"video": GROUPS["video"]}},
+        "render_facts": {"processor_vcpus": 8, "getent_group": {"video": GROUPS["video"]}, "architecture": "x86_64"},
         "llm_nvidia_smi_path": "/opt/nvidia driver/bin/nvidia-smi",
         "vllm_served_model_name": ODD_NAME,
         "vllm_ready_timeout": 300,
@@ -54,9 +60,15 @@ UNITS = ("vllm.service", "ollama.service")
 # Where the roles install what the units start (their defaults).
 VLLM_DEFAULTS = yaml.safe_load((REPO / "roles/vllm/defaults/main.yml").read_text())
 OLLAMA_DEFAULTS = yaml.safe_load((REPO / "roles/ollama/defaults/main.yml").read_text())
+SHARED_DEFAULTS = yaml.safe_load((REPO / "roles/llm_defaults/defaults/main.yml").read_text())
+# vLLM runs from the release of its version (the CPU build's or the GPU build's).
+VLLM_PROGRAMS = [
+    f"{VLLM_DEFAULTS['vllm_install_dir']}/releases/{version}/bin/vllm"
+    for version in re.findall(r"'(\d+[.]\d+[.]\d+)'", SHARED_DEFAULTS["vllm_version"])
+]
 PROGRAMS = {
-    "vllm.service": VLLM_DEFAULTS["vllm_venv"] + "/bin/vllm",
-    "ollama.service": OLLAMA_DEFAULTS["ollama_install_dir"] + "/current/bin/ollama",
+    "vllm.service": VLLM_PROGRAMS,
+    "ollama.service": [OLLAMA_DEFAULTS["ollama_install_dir"] + "/current/bin/ollama"],
 }
 
 
@@ -103,7 +115,7 @@ def system_root(tmp_path: Path, rendered_dir: Path, nvidia_smi: str = "/usr/bin/
     for name in UNITS:
         shutil.copy(rendered_dir / name, units / name)
     shutil.copy(rendered_dir / "toolkit.conf", units / "ollama.service.d/toolkit.conf")
-    for program in [*PROGRAMS.values(), nvidia_smi]:
+    for program in [*(path for paths in PROGRAMS.values() for path in paths), nvidia_smi]:
         stub = root / program.lstrip("/")
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")

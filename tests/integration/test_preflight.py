@@ -57,7 +57,8 @@ def expected(profile: str) -> dict:
     free = shutil.disk_usage(LAB_HOME).free / MIB
     disk_ok = {
         "phase1": free >= math.ceil(26.4e9 / MIB * 1.2),
-        "phase2": free >= math.ceil(24.7e9 / MIB * 1.2),
+        # No model revision on these hosts yet: room for the two that vllm_releases_kept keeps.
+        "phase2": free >= math.ceil(24.7e9 / MIB * 1.2 * 2),
     }
     phase1, phase2 = VERDICTS[profile]
     return {

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 from llm_toolkit.host.llm_gpu import collect
+from llm_toolkit.host.llm_host import free_mib
 
 from llm_toolkit import pylock
 from llm_toolkit.catalog import load_gates, load_models, load_serving
@@ -272,6 +273,37 @@ def test_free_disk_must_reach_1_2_times_the_download(free_mib, ok):
     # Ollama's Mixtral download is 26.4 GB = 25,177.0 MiB; x 1.2 = 30,212.4 -> 30,213 MiB.
     probes = {**PROBES, "disks": [{"path": "/var/lib/ollama", "measured_on": "/var/lib", "free_mib": free_mib}]}
     assert check(report(probes=probes), "free disk for the Ollama model")["ok"] is ok
+
+
+# Mixtral's AWQ weights are 24.7 GB = 23,555.8 MiB; x 1.2 = 28,266.9 MiB a revision.
+@pytest.mark.parametrize(
+    ("kept", "on_disk", "free_mib", "ok"),
+    [
+        (2, 0, 56_534, True),  # a new host: room for both revisions kept
+        (2, 0, 56_533, False),
+        (2, 1, 28_267, True),  # one revision there: room for the second
+        (2, 2, 28_267, True),  # both there: room for the next one, downloaded before the oldest goes
+        (2, 2, 28_266, False),
+        (1, 0, 28_267, True),
+    ],
+)
+def test_free_disk_for_vllm_counts_the_model_revisions_kept(kept, on_disk, free_mib, ok):
+    disk = {"path": "/var/lib/vllm", "measured_on": "/var/lib", "free_mib": free_mib, "directories": on_disk}
+    result = report(probes={**PROBES, "disks": [disk]}, vllm_releases_kept=kept)
+    gate = check(result, "free disk for the vLLM weights")
+    assert gate["ok"] is ok, gate
+    if kept - on_disk > 1:
+        assert "x 2 revisions, vllm_releases_kept=2" in gate["required"]
+        assert ok or "lower vllm_releases_kept" in gate["fix"]
+
+
+def test_the_disk_probe_counts_the_directories_of_the_models_directory(tmp_path):
+    for name in ("tiny@aaa", "tiny@bbb"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "stray-file").write_text("x")
+    assert free_mib(str(tmp_path))["directories"] == 2
+    absent = free_mib(str(tmp_path / "models"))
+    assert absent["directories"] == 0 and absent["measured_on"] == str(tmp_path)
 
 
 def test_ports_must_be_free_or_held_by_our_own_unit():

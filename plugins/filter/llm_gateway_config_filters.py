@@ -7,6 +7,7 @@
 {{ value | llm_haproxy_log_format_word }}                   one quoted word of haproxy.cfg, as log-format text
 {{ inventory_hostname | llm_gateway_fleet_members(hosts_settings, defaults) }}  a fleet gateway's servers, errors
 {{ inventory_hostname | llm_app_gateway_url(fleet_host, fleet_record, fleet_hostvars) }}  an app's URL of it, errors
+{{ inventory_hostname | llm_haproxy_name }}               the host's server name in a fleet gateway
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llm_toolkit.gateway_config import (
     certificate_subjects,
     client_digest,
     fleet_members,
+    haproxy_name,
     log_format_word,
     servers,
 )
@@ -53,4 +55,5 @@ class FilterModule:
             "llm_gateway_certificate_subjects": certificate_subjects,
             "llm_gateway_fleet_members": fleet_members,
             "llm_app_gateway_url": app_gateway_url,
+            "llm_haproxy_name": haproxy_name,
         }

@@ -5,13 +5,16 @@ site.yml. Through the fleet gateway with the official `openai` client: both host
 each host's gateway serves verified TLS on the network and wants its own key; the fleet drill: one
 host's backends stop under a stream of requests and the other host answers every one, and it is back
 in rotation once started; the app server's .env names the fleet gateway and its key; a second run
-and a check run change nothing."""
+and a check run change nothing; playbooks/upgrade.yml moves Ollama's release one host at a time under
+that stream, and a batch that fails stops the rollout."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -26,7 +29,7 @@ import yaml
 from dotenv import dotenv_values
 
 from llm_toolkit.smoke_test import PROMPT, detect_language
-from tests.integration.conftest import REPO, PlaybookRun, lab, leftovers, require_lab
+from tests.integration.conftest import NEW_OLLAMA, OLD_OLLAMA, REPO, PlaybookRun, lab, leftovers, require_lab
 from tests.integration.test_gateway import gateway_tunnel
 from tests.verify.test_gateway import servers
 
@@ -37,10 +40,12 @@ KEY_FILE = "/etc/llm-toolkit/secrets/gateway_api_key"
 MEMBER_SETTINGS = {"llm_gateway_host": "{{ ansible_host }}", "llm_gateway_tls_ca": "private"}
 
 
-def converge(inventory: Path, *args: str) -> PlaybookRun:
-    """site.yml as `make lab` runs it: with the Ollama stand-in's depot serving on this lab's bridge."""
-    depot = [sys.executable, "-m", "tests.standins.ollama.depot", "lab", "--"]
-    command = [*depot, "ansible-playbook", "-i", str(inventory), "playbooks/site.yml", *args]
+def converge(inventory: Path, *args: str, playbook: str = "playbooks/site.yml") -> PlaybookRun:
+    """site.yml as `make lab` runs it: with the Ollama stand-in's depot serving on this lab's bridge (two
+    releases of the stand-in, for the upgrade)."""
+    versions = ["--version", OLD_OLLAMA, "--version", NEW_OLLAMA]
+    depot = [sys.executable, "-m", "tests.standins.ollama.depot", "lab", *versions, "--"]
+    command = [*depot, "ansible-playbook", "-i", str(inventory), playbook, *args]
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the venv's ansible-playbook
     env = {**os.environ, "LAB_NAME": LAB, "ANSIBLE_NOCOLOR": "1", "PATH": path}
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, check=False)
@@ -146,8 +151,9 @@ def test_each_hosts_gateway_serves_verified_tls_on_its_address_and_wants_its_own
         assert get(base + "/health") == 0, f"{name}'s certificate passes without the private CA"
 
 
-def test_the_fleet_drill_keeps_answering_while_one_hosts_backends_are_stopped(fleet):
-    stopped, other = SERVERS
+@contextlib.contextmanager
+def streaming(fleet):
+    """Chats through the fleet gateway one after another until the block ends: (host, answer) or an error."""
     results: list[tuple[str, str] | str] = []
     running = threading.Event()
     running.set()
@@ -162,6 +168,15 @@ def test_the_fleet_drill_keeps_answering_while_one_hosts_backends_are_stopped(fl
     sender = threading.Thread(target=stream)
     sender.start()
     try:
+        yield results
+    finally:
+        running.clear()
+        sender.join(timeout=320)
+
+
+def test_the_fleet_drill_keeps_answering_while_one_hosts_backends_are_stopped(fleet):
+    stopped, other = SERVERS
+    with streaming(fleet) as results:
         time.sleep(3)
         assert fleet["host"][stopped].run("systemctl stop ollama.service").rc == 0
         during = len(results)
@@ -173,9 +188,6 @@ def test_the_fleet_drill_keeps_answering_while_one_hosts_backends_are_stopped(fl
         wait_until(
             lambda: stopped in {r[0] for r in results[-4:] if isinstance(r, tuple)}, f"{stopped} back", timeout_s=240
         )
-    finally:
-        running.clear()
-        sender.join(timeout=320)
     failed = [result for result in results if isinstance(result, str)]
     assert failed == [], failed[:3]
     assert after_stop and {host for host, _ in after_stop[1:]} == {other}, after_stop
@@ -226,3 +238,55 @@ def test_a_second_run_and_a_check_run_change_nothing(fleet):
         assert {host: counts["changed"] for host, counts in run.recap.items()} == dict.fromkeys(
             [*SERVERS, FLEET, "localhost"], 0
         ), run.output[-4000:]
+
+
+def rotation_steps(output: str) -> list[tuple[str, str]]:
+    """The fleet gateway drains and enables of an upgrade's output, in order: (drain|enable, host)."""
+    steps, task = [], ""
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif found := re.match(r"^(?:ok|changed): \[(\S+) -> ", line):
+            for step in ("drain", "enable"):
+                if f" : {step} | " in task:
+                    steps.append((step, found.group(1)))
+    return steps
+
+
+def ollama_version(host) -> str:
+    return json.loads(host.run("curl -sf http://127.0.0.1:11434/api/version").stdout)["version"]
+
+
+def test_an_upgrade_goes_one_host_at_a_time_and_a_failed_batch_stops_the_rollout(fleet):
+    """Issue 15's fleet proof: playbooks/upgrade.yml (one host a batch) moves Ollama's release to the
+    new one under a stream of chats through the fleet gateway, draining each host there while it
+    switches: no chat fails, and never are both hosts out of rotation. Then a rollout whose first batch
+    fails (its archive fails the checksum) stops there: the second host is not touched, and the first
+    keeps serving its release, back in rotation. Last in the module: it leaves the hosts on the new
+    release."""
+    first, second = SERVERS
+    with streaming(fleet) as results:
+        upgraded = converge(fleet["inventory"], "-e", f"ollama_version={NEW_OLLAMA}", playbook="playbooks/upgrade.yml")
+        time.sleep(3)
+    assert upgraded.returncode == 0, upgraded.output[-4000:]
+    assert rotation_steps(upgraded.output) == [
+        ("drain", first), ("enable", first), ("drain", second), ("enable", second)
+    ], upgraded.output[-4000:]  # fmt: skip
+    assert [ollama_version(fleet["host"][name]) for name in SERVERS] == [NEW_OLLAMA, NEW_OLLAMA]
+    failed = [result for result in results if isinstance(result, str)]
+    print(f"fleet upgrade under load: {len(results)} sent, {len(results) - len(failed)} answered")
+    assert failed == [], failed[:3]
+    assert len(results) >= 4 and {r[0] for r in results if isinstance(r, tuple)} == set(SERVERS), results
+
+    host_vars = fleet["inventory"] / "host_vars" / f"{first}.yml"
+    settings = host_vars.read_text()
+    host_vars.write_text(settings + f"ollama_archive_sha256: '{'0' * 64}'\n")
+    try:
+        stopped = converge(fleet["inventory"], "-e", f"ollama_version={OLD_OLLAMA}", playbook="playbooks/upgrade.yml")
+    finally:
+        host_vars.write_text(settings)
+    assert stopped.returncode != 0 and "did not match" in stopped.output, stopped.output[-4000:]
+    assert second not in stopped.recap, stopped.output[-4000:]  # the rollout stopped before its batch
+    assert rotation_steps(stopped.output) == [("drain", first), ("enable", first)], stopped.output[-4000:]
+    assert [ollama_version(fleet["host"][name]) for name in SERVERS] == [NEW_OLLAMA, NEW_OLLAMA]
+    wait_until(lambda: in_rotation(fleet["host"][FLEET]) == set(SERVERS), "both hosts back in rotation", 120)

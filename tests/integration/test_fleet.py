@@ -6,7 +6,8 @@ each host's gateway serves verified TLS on the network and wants its own key; th
 host's backends stop under a stream of requests and the other host answers every one, and it is back
 in rotation once started; the app server's .env names the fleet gateway and its key; a second run
 and a check run change nothing; playbooks/upgrade.yml moves Ollama's release one host at a time under
-that stream, and a batch that fails stops the rollout."""
+that stream, and a batch that fails stops the rollout; playbooks/decommission.yml takes one host out
+for good under that stream and leaves nothing of the toolkit on it."""
 
 from __future__ import annotations
 
@@ -262,8 +263,8 @@ def test_an_upgrade_goes_one_host_at_a_time_and_a_failed_batch_stops_the_rollout
     new one under a stream of chats through the fleet gateway, draining each host there while it
     switches: no chat fails, and never are both hosts out of rotation. Then a rollout whose first batch
     fails (its archive fails the checksum) stops there: the second host is not touched, and the first
-    keeps serving its release, back in rotation. Last in the module: it leaves the hosts on the new
-    release."""
+    keeps serving its release, back in rotation. Near the end of the module: it leaves the hosts on
+    the new release."""
     first, second = SERVERS
     with streaming(fleet) as results:
         upgraded = converge(fleet["inventory"], "-e", f"ollama_version={NEW_OLLAMA}", playbook="playbooks/upgrade.yml")
@@ -290,3 +291,61 @@ def test_an_upgrade_goes_one_host_at_a_time_and_a_failed_batch_stops_the_rollout
     assert rotation_steps(stopped.output) == [("drain", first), ("enable", first)], stopped.output[-4000:]
     assert [ollama_version(fleet["host"][name]) for name in SERVERS] == [NEW_OLLAMA, NEW_OLLAMA]
     wait_until(lambda: in_rotation(fleet["host"][FLEET]) == set(SERVERS), "both hosts back in rotation", 120)
+
+
+# What the toolkit puts on a serving host, gone after playbooks/decommission.yml.
+TOOLKIT_PATHS = [
+    "/etc/llm-toolkit",
+    "/etc/haproxy/haproxy.cfg",
+    "/etc/haproxy/llm-gateway.pem",
+    "/etc/systemd/system/ollama.service",
+    "/etc/systemd/system/ollama.service.d",
+    "/etc/systemd/system/haproxy.service.d/llm-gateway.conf",
+    "/etc/systemd/system/llm-firewall.service",
+    "/opt/ollama",
+    "/usr/local/bin/ollama",
+    "/var/lib/ollama",
+    "/opt/llm-toolkit",
+    "/var/lib/llm-toolkit",
+    "/etc/ansible/facts.d/llm_ollama.fact",
+    "/etc/ansible/facts.d/llm_gateway.fact",
+    "/etc/ansible/facts.d/llm_toolkit.fact",
+]
+
+
+def test_decommission_takes_one_host_out_for_good_and_leaves_nothing_of_the_toolkit(fleet):
+    """playbooks/decommission.yml refuses without hosts named; then, under a stream of chats through the
+    fleet gateway, it drains one host there for good (no chat fails, the other host answers them all),
+    stops its services and removes what the toolkit put on it (secrets overwritten first); a second run
+    changes nothing. Last in the module: the host is gone."""
+    gone, stays = SERVERS[1], SERVERS[0]
+    refused = converge(fleet["inventory"], playbook="playbooks/decommission.yml")
+    assert refused.returncode != 0
+    assert "localhost: llm_decommission_hosts=; expected a comma-separated list of llm_servers hosts" in refused.output
+    assert gone not in refused.recap, refused.output[-3000:]
+
+    with streaming(fleet) as results:
+        run = converge(
+            fleet["inventory"], "-e", f"llm_decommission_hosts={gone}", playbook="playbooks/decommission.yml"
+        )
+        time.sleep(3)
+    assert run.returncode == 0, run.output[-4000:]
+    assert stays not in run.recap, run.output[-3000:]
+    failed = [result for result in results if isinstance(result, str)]
+    assert failed == [], failed[:3]
+    assert {r[0] for r in results[-3:] if isinstance(r, tuple)} == {stays}, results[-3:]
+    assert in_rotation(fleet["host"][FLEET]) == {stays}, states(fleet["host"][FLEET])
+
+    host = fleet["host"][gone]
+    with host.sudo():
+        for unit in ("ollama.service", "haproxy.service", "llm-firewall.service"):
+            assert host.run(f"systemctl is-active {unit}").stdout.strip() != "active", unit
+            assert host.run(f"systemctl is-enabled {unit}").stdout.strip() != "enabled", unit
+        left = [path for path in TOOLKIT_PATHS if host.file(path).exists]
+        assert left == [], left
+        assert "llm_firewall" not in host.run("nft list tables").stdout
+        assert host.run("getent passwd ollama").rc != 0
+
+    again = converge(fleet["inventory"], "-e", f"llm_decommission_hosts={gone}", playbook="playbooks/decommission.yml")
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.recap[gone]["changed"] == 0, again.output[-4000:]

@@ -259,13 +259,26 @@ def ollama_version(host) -> str:
 
 
 def test_an_upgrade_goes_one_host_at_a_time_and_a_failed_batch_stops_the_rollout(fleet):
-    """Issue 15's fleet proof: playbooks/upgrade.yml (one host a batch) moves Ollama's release to the
-    new one under a stream of chats through the fleet gateway, draining each host there while it
-    switches: no chat fails, and never are both hosts out of rotation. Then a rollout whose first batch
-    fails (its archive fails the checksum) stops there: the second host is not touched, and the first
-    keeps serving its release, back in rotation. Near the end of the module: it leaves the hosts on
-    the new release."""
+    """Issue 15's fleet proof with playbooks/upgrade.yml (one host a batch) and Ollama's release: a rollout
+    whose first batch fails (the new archive fails its checksum on the first host) stops there: the
+    second host is not touched, and the first keeps serving its release, back in rotation. Then the
+    upgrade moves both to the new release under a stream of chats through the fleet gateway, draining
+    each host there while it switches: no chat fails, and never are both hosts out of rotation. Near
+    the end of the module: it leaves the hosts on the new release."""
     first, second = SERVERS
+    host_vars = fleet["inventory"] / "host_vars" / f"{first}.yml"
+    settings = host_vars.read_text()
+    host_vars.write_text(settings + f"ollama_archive_sha256: '{'0' * 64}'\n")
+    try:
+        stopped = converge(fleet["inventory"], "-e", f"ollama_version={NEW_OLLAMA}", playbook="playbooks/upgrade.yml")
+    finally:
+        host_vars.write_text(settings)
+    assert stopped.returncode != 0 and "did not match" in stopped.output, stopped.output[-4000:]
+    assert second not in stopped.recap, stopped.output[-4000:]  # the rollout stopped before its batch
+    assert rotation_steps(stopped.output) == [("drain", first), ("enable", first)], stopped.output[-4000:]
+    assert [ollama_version(fleet["host"][name]) for name in SERVERS] == [OLD_OLLAMA, OLD_OLLAMA]
+    wait_until(lambda: in_rotation(fleet["host"][FLEET]) == set(SERVERS), "both hosts back in rotation", 120)
+
     with streaming(fleet) as results:
         upgraded = converge(fleet["inventory"], "-e", f"ollama_version={NEW_OLLAMA}", playbook="playbooks/upgrade.yml")
         time.sleep(3)
@@ -278,19 +291,6 @@ def test_an_upgrade_goes_one_host_at_a_time_and_a_failed_batch_stops_the_rollout
     print(f"fleet upgrade under load: {len(results)} sent, {len(results) - len(failed)} answered")
     assert failed == [], failed[:3]
     assert len(results) >= 4 and {r[0] for r in results if isinstance(r, tuple)} == set(SERVERS), results
-
-    host_vars = fleet["inventory"] / "host_vars" / f"{first}.yml"
-    settings = host_vars.read_text()
-    host_vars.write_text(settings + f"ollama_archive_sha256: '{'0' * 64}'\n")
-    try:
-        stopped = converge(fleet["inventory"], "-e", f"ollama_version={OLD_OLLAMA}", playbook="playbooks/upgrade.yml")
-    finally:
-        host_vars.write_text(settings)
-    assert stopped.returncode != 0 and "did not match" in stopped.output, stopped.output[-4000:]
-    assert second not in stopped.recap, stopped.output[-4000:]  # the rollout stopped before its batch
-    assert rotation_steps(stopped.output) == [("drain", first), ("enable", first)], stopped.output[-4000:]
-    assert [ollama_version(fleet["host"][name]) for name in SERVERS] == [NEW_OLLAMA, NEW_OLLAMA]
-    wait_until(lambda: in_rotation(fleet["host"][FLEET]) == set(SERVERS), "both hosts back in rotation", 120)
 
 
 # What the toolkit puts on a serving host, gone after playbooks/decommission.yml.

@@ -165,8 +165,8 @@ def _disk_and_port_checks(report: Report, probes: dict, settings: dict, models: 
         if disk is None:
             continue
         # vLLM keeps `kept` model revisions (docs/upgrades.md): room for those not on disk yet, and always
-        # for one more (the next revision is downloaded before the oldest is removed).
-        revisions = max(1, kept - disk.get("directories", 0)) if phase == "phase2" else 1
+        # for one more (the next revision is downloaded before the oldest is removed). Ollama's kept is 1.
+        revisions = max(1, kept - disk.get("directories", 0))
         required = math.ceil(size_gb * 1e9 / MIB * settings["disk_factor"] * revisions)
         times = f" x {revisions} revisions, vllm_releases_kept={kept}" if revisions > 1 else ""
         report.add(

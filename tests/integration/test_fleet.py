@@ -32,6 +32,7 @@ from dotenv import dotenv_values
 from llm_toolkit.smoke_test import PROMPT, detect_language
 from tests.integration.conftest import NEW_OLLAMA, OLD_OLLAMA, REPO, PlaybookRun, lab, leftovers, require_lab
 from tests.integration.test_gateway import gateway_tunnel
+from tests.integration.test_ollama import api
 from tests.verify.test_gateway import servers
 
 LAB = "ifleet"
@@ -255,7 +256,7 @@ def rotation_steps(output: str) -> list[tuple[str, str]]:
 
 
 def ollama_version(host) -> str:
-    return json.loads(host.run("curl -sf http://127.0.0.1:11434/api/version").stdout)["version"]
+    return api(host, "/api/version")["version"]
 
 
 def test_an_upgrade_goes_one_host_at_a_time_and_a_failed_batch_stops_the_rollout(fleet):

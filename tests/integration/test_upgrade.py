@@ -35,6 +35,11 @@ def serving(host) -> str:
     return host.run("systemctl show -p ExecStart --value vllm.service").stdout
 
 
+def serving_model(host) -> str:
+    """The model directory vLLM serves (the argument after `serve`)."""
+    return serving(host).split(" serve ")[1].split()[0]
+
+
 def start_load(host) -> None:
     """The failover drill's load generator, through the host's gateway, with the gateway's own key."""
     gateway = json.loads(host.file("/etc/ansible/facts.d/llm_gateway.fact").content_string)
@@ -66,15 +71,15 @@ def test_an_upgrade_under_load_drops_no_request_keeps_the_previous_release_and_r
     shutil.copytree(tiny_model, revised)
     (revised / "REVISION").write_text("2\n")
 
-    before = serving(host)
-    assert f"/opt/vllm/releases/{RELEASE}/bin/vllm" in before and f"/{tiny_model.name}@" in before
-    old_model = before.split(" serve ")[1].split()[0]
+    assert f"/opt/vllm/releases/{RELEASE}/bin/vllm" in serving(host)
+    old_model = serving_model(host)
+    assert f"/{tiny_model.name}@" in old_model, old_model
 
     start_load(host)
     try:
         revision = run(session_lab, revised, playbook="playbooks/upgrade.yml")
         assert revision.returncode == 0, revision.output[-3000:]
-        new_model = serving(host).split(" serve ")[1].split()[0]
+        new_model = serving_model(host)
         assert new_model != old_model and f"/{tiny_model.name}@" in new_model, new_model
         time.sleep(5)  # requests after the switch, on the new revision
     finally:

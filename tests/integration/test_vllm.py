@@ -6,8 +6,9 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
-from tests.integration.conftest import CANARY, lab
+from tests.integration.conftest import CANARY, REPO, lab
 from tests.standins.hf_hub import hf_hub_standin
 from tests.standins.ollama import depot
 
@@ -313,7 +314,9 @@ EOF"""
 # as much. A cut before the drain's end is the bug. Measured: 160 answers outlasted the drain on the
 # 2-core machine while another lab ran beside it, so the first try asks 96.
 IN_FLIGHT_N, IN_FLIGHT_TOKENS = 96, 490
-IN_FLIGHT_DRAIN_S = 30  # the role's vllm_shutdown_timeout
+IN_FLIGHT_DRAIN_S = yaml.safe_load((REPO / "roles" / "vllm" / "defaults" / "main.yml").read_text())[
+    "vllm_shutdown_timeout"
+]  # the lab leaves the role's default
 
 
 def stop_during_answers(host, answers: int) -> tuple[dict, str, list[float]]:

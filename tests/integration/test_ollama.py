@@ -297,6 +297,8 @@ def test_a_gpu_host_whose_model_loads_on_the_cpu_fails_the_warm_up(converged, se
     run = phase1(session_lab, depot_url, *hide_gpus, limit=GPU_HOST)
     assert run.returncode != 0
     assert f"{GPU_HOST}: {MIXTRAL} loaded on the CPU (size_vram 0 in /api/ps); expected it in GPU memory" in run.output
+    # The alias moves to a new first model only after its warm-up passed (roles/ollama/tasks/switch.yml).
+    assert "switch | Point the alias at the first model" not in run.output
     repaired = phase1(session_lab, depot_url, limit=GPU_HOST)
     assert repaired.returncode == 0, repaired.output[-3000:]
     assert api(session_lab.host(GPU_HOST), "/api/ps")["models"][0]["size_vram"] > 0

@@ -57,7 +57,7 @@ OLLAMA = {
     "tensor_parallel_size": None,
     "config": "/etc/systemd/system/ollama.service.d/toolkit.conf",
 }
-WRITERS = {"vllm": REPO / "roles/vllm/tasks/service.yml", "ollama": REPO / "roles/ollama/tasks/warm_up.yml"}
+WRITERS = {"vllm": REPO / "roles/vllm/tasks/service.yml", "ollama": REPO / "roles/ollama/tasks/switch.yml"}
 READERS = [
     REPO / "roles/llm_app_env/tasks/probe.yml",
     REPO / "roles/llm_app_env/tasks/render.yml",

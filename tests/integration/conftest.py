@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -156,13 +156,12 @@ class Lab:
     name: str
     inventory: Path
     first: PlaybookRun
-
-    @property
-    def hosts(self) -> list[str]:
-        return sorted(SESSION_PROFILES)
+    hosts: list[str] = field(default_factory=lambda: sorted(SESSION_PROFILES))
+    # What every playbook run on this lab sees besides LAB_ENV (a lab of its own has its own depot).
+    env: dict[str, str] = field(default_factory=dict)
 
     def playbook(self, *args: str, playbook: str = "playbooks/site.yml", env: dict | None = None) -> PlaybookRun:
-        return run_playbook("-i", str(self.inventory), playbook, *args, env=env)
+        return run_playbook("-i", str(self.inventory), playbook, *args, env={**self.env, **(env or {})})
 
     def host(self, name: str):
         return testinfra.get_host(f"ansible://{name}", ansible_inventory=str(self.inventory))
@@ -255,3 +254,34 @@ def depot_server(converged):
 @pytest.fixture(scope="session")
 def depot_url(depot_server):
     return depot_server.url
+
+
+# A lab of one CPU host, converged by site.yml with both backends, the gateway, the .env, the smoke test
+# and the verifiers, as the session lab's CPU host is: the modules that restart vLLM again and again
+# (tests/integration/test_vllm.py) run there, so that `make test` runs them beside the session lab's.
+CPU_LAB = "icpu"
+
+
+@pytest.fixture(scope="session")
+def cpu_lab(tiny_model):
+    """The CPU lab, converged once (its first run must pass); its own depot of the Ollama stand-in
+    serves on its bridge throughout. Always torn down, and checked to leave nothing."""
+    require_lab()
+    lab(CPU_LAB, "down")
+    server = None
+    try:
+        lab(CPU_LAB, "up", "1", "--gpu", f"{CPU_LAB}1=none")
+        inventory = Path(lab(CPU_LAB, "inventory").stdout.strip()).parent
+        url = depot.lab_url(CPU_LAB, DEPOT_PORT)
+        sums = depot.build_lab_depot(LAB_HOME / "depots" / f"{CPU_LAB}-tests", url, [OLD_OLLAMA, NEW_OLLAMA])
+        server = depot.start_server(LAB_HOME / "depots" / f"{CPU_LAB}-tests", url)
+        env = {"LAB_MODEL_DIR": str(tiny_model), "LAB_OLLAMA_DEPOT": url, **depot.sha256_env(sums)}
+        first = run_playbook("-i", str(inventory), "playbooks/site.yml", env=env)
+        assert first.returncode == 0, first.output[-6000:]
+        yield Lab(CPU_LAB, inventory, first, hosts=[f"{CPU_LAB}1"], env=env)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        lab(CPU_LAB, "down")
+    assert leftovers(CPU_LAB) == []

@@ -1,4 +1,5 @@
-"""Phase 2 on a CPU lab host: the real vLLM CPU build, as a hardened systemd service, serving the tiny model."""
+"""Phase 2 on the CPU lab's host (conftest.cpu_lab): the real vLLM CPU build, as a hardened systemd service,
+serving the tiny model."""
 
 import json
 import re
@@ -8,11 +9,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.integration.conftest import CANARY, REPO, lab
+from tests.integration.conftest import CANARY, CPU_LAB, REPO, lab
 from tests.standins.hf_hub import hf_hub_standin
 from tests.standins.ollama import depot
 
-HOST = "itest3"  # the session lab's CPU host
+HOST = f"{CPU_LAB}1"  # the CPU lab's host (conftest.cpu_lab)
 HF_CANARY = "hf_canary_3b9d1e"
 HF_REPO = "toolkit-tests/tiny-mixtral"
 HUB_PORT = 8766
@@ -43,8 +44,8 @@ except urllib.error.HTTPError as error:
 EOF"""
 
 
-def phase2(session_lab, tiny_model, *args):
-    return session_lab.playbook(
+def phase2(cpu_lab, tiny_model, *args):
+    return cpu_lab.playbook(
         "--tags",
         "phase2",
         "--limit",
@@ -69,27 +70,27 @@ def chat(host, with_key: bool) -> str:
         host.run("rm -f /root/key")
 
 
-def test_first_run_converges_and_serves_the_italian_prompt_in_italian(converged, session_lab):
-    """The main command's first run (the session's `make lab` on fresh hosts) installed phase 2."""
-    assert converged.first.recap[HOST]["changed"] > 0
-    host = session_lab.host(HOST)
+def test_first_run_converges_and_serves_the_italian_prompt_in_italian(cpu_lab):
+    """The CPU lab's first run (site.yml on a fresh host, both backends) installed phase 2."""
+    assert cpu_lab.first.recap[HOST]["changed"] > 0
+    host = cpu_lab.host(HOST)
     assert host.service("vllm.service").is_running
     assert host.service("vllm.service").is_enabled
     assert chat(host, with_key=True) == ITALIAN
 
 
-def test_the_api_refuses_requests_without_the_key(converged, session_lab):
-    assert chat(session_lab.host(HOST), with_key=False) == "401"
+def test_the_api_refuses_requests_without_the_key(cpu_lab):
+    assert chat(cpu_lab.host(HOST), with_key=False) == "401"
 
 
-def test_the_api_listens_on_loopback_only(converged, session_lab):
-    listeners = session_lab.host(HOST).run("ss -Hltn 'sport = :8000'").stdout.split()
+def test_the_api_listens_on_loopback_only(cpu_lab):
+    listeners = cpu_lab.host(HOST).run("ss -Hltn 'sport = :8000'").stdout.split()
     assert "127.0.0.1:8000" in listeners
     assert "0.0.0.0:8000" not in listeners
 
 
-def test_the_key_is_in_a_private_file_never_on_a_command_line(converged, session_lab):
-    host = session_lab.host(HOST)
+def test_the_key_is_in_a_private_file_never_on_a_command_line(cpu_lab):
+    host = cpu_lab.host(HOST)
     env = host.file("/etc/vllm/vllm.env")
     assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
     assert f"VLLM_API_KEY={CANARY}" in env.content_string
@@ -98,36 +99,34 @@ def test_the_key_is_in_a_private_file_never_on_a_command_line(converged, session
     assert pids, "vLLM runs no process as the vllm user"
     for pid in pids:
         assert CANARY not in host.run(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
-    assert CANARY not in converged.first.output
+    assert CANARY not in cpu_lab.first.output
 
 
-def test_the_unit_verifies_and_is_hardened(converged, session_lab):
-    host = session_lab.host(HOST)
+def test_the_unit_verifies_and_is_hardened(cpu_lab):
+    host = cpu_lab.host(HOST)
     assert host.run("systemd-analyze verify --recursive-errors=no /etc/systemd/system/vllm.service").rc == 0
     security = host.run("systemd-analyze security --no-pager vllm.service").stdout.splitlines()[-1]
     exposure = float(security.split("vllm.service:")[1].split()[0])
     assert exposure <= 3.3, security
 
 
-def test_a_second_run_changes_nothing_and_restarts_nothing(converged, session_lab, tiny_model):
-    host = session_lab.host(HOST)
+def test_a_second_run_changes_nothing_and_restarts_nothing(cpu_lab, tiny_model):
+    host = cpu_lab.host(HOST)
     before = invocation(host)
-    again = phase2(session_lab, tiny_model)
+    again = phase2(cpu_lab, tiny_model)
     assert again.returncode == 0, again.output[-3000:]
     assert again.recap[HOST]["changed"] == 0
     assert invocation(host) == before
-    check = phase2(session_lab, tiny_model, "--check")
+    check = phase2(cpu_lab, tiny_model, "--check")
     assert check.returncode == 0, check.output[-3000:]
     assert check.recap[HOST]["changed"] == 0
 
 
-def test_a_public_bind_without_a_key_is_refused_before_anything_changes(converged, session_lab, tiny_model):
-    host = session_lab.host(HOST)
+def test_a_public_bind_without_a_key_is_refused_before_anything_changes(cpu_lab, tiny_model):
+    host = cpu_lab.host(HOST)
     before = invocation(host)
     env_before = host.file("/etc/vllm/vllm.env").sha256sum
-    run = session_lab.playbook(
-        "--tags", "phase2", "--limit", HOST, "-e", "vllm_host=0.0.0.0", env={"LAB_VLLM_API_KEY": ""}
-    )
+    run = cpu_lab.playbook("--tags", "phase2", "--limit", HOST, "-e", "vllm_host=0.0.0.0", env={"LAB_VLLM_API_KEY": ""})
     assert run.returncode != 0
     assert f"{HOST}: vllm_host=0.0.0.0 without vllm_api_key" in run.output
     assert run.recap[HOST]["changed"] == 0
@@ -135,33 +134,33 @@ def test_a_public_bind_without_a_key_is_refused_before_anything_changes(converge
     assert host.file("/etc/vllm/vllm.env").sha256sum == env_before
 
 
-def test_every_socket_of_the_service_is_on_loopback(converged, session_lab):
+def test_every_socket_of_the_service_is_on_loopback(cpu_lab):
     """vLLM binds its workers' gloo sockets to the host's address unless VLLM_HOST_IP says otherwise."""
-    listeners = session_lab.host(HOST).run("ss -Htlnp").stdout.splitlines()
+    listeners = cpu_lab.host(HOST).run("ss -Htlnp").stdout.splitlines()
     ours = [line for line in listeners if "vllm" in line.lower()]
     assert len(ours) > 1, listeners
     assert all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
 
 
-def test_a_max_model_len_over_the_models_context_is_refused_before_anything_changes(converged, session_lab, tiny_model):
-    host = session_lab.host(HOST)
+def test_a_max_model_len_over_the_models_context_is_refused_before_anything_changes(cpu_lab, tiny_model):
+    host = cpu_lab.host(HOST)
     before = invocation(host)
-    run = phase2(session_lab, tiny_model, "-e", "vllm_max_model_len=4096")
+    run = phase2(cpu_lab, tiny_model, "-e", "vllm_max_model_len=4096")
     assert run.returncode != 0
     assert f"{HOST}: vllm_max_model_len=4096; expected at most 2048, the context of the model" in run.output
     assert run.recap[HOST]["changed"] == 0
     assert invocation(host) == before
 
 
-def test_a_release_that_cannot_start_is_rolled_back_and_the_old_one_keeps_serving(converged, session_lab, tiny_model):
+def test_a_release_that_cannot_start_is_rolled_back_and_the_old_one_keeps_serving(cpu_lab, tiny_model):
     """A bad flag: the new release is tried for this boot only, fails until systemd gives up on it (its
     start limit, not the readiness budget), and the release that served before serves again; the run
     fails with the reason and the journal, and nothing of the bad release is left in systemd's units."""
-    host = session_lab.host(HOST)
+    host = cpu_lab.host(HOST)
     unit_before = host.file("/etc/systemd/system/vllm.service").sha256sum
     # A budget far longer than five failed starts take: the wait must end when systemd gives up.
     broken = phase2(
-        session_lab, tiny_model, "-e", '{"vllm_extra_args": ["--no-such-flag"]}', "-e", "vllm_ready_timeout=400"
+        cpu_lab, tiny_model, "-e", '{"vllm_extra_args": ["--no-such-flag"]}', "-e", "vllm_ready_timeout=400"
     )
     try:
         assert broken.returncode != 0
@@ -181,7 +180,7 @@ def test_a_release_that_cannot_start_is_rolled_back_and_the_old_one_keeps_servin
         assert not host.file("/run/systemd/system.control/vllm.service").exists
         assert chat(host, with_key=True) == ITALIAN
     finally:
-        restored = phase2(session_lab, tiny_model)
+        restored = phase2(cpu_lab, tiny_model)
     assert restored.returncode == 0, restored.output[-3000:]
 
 
@@ -201,14 +200,12 @@ if delay:
 """
 
 
-def test_a_config_change_restarts_once_and_a_slow_start_is_waited_for_without_a_restart(
-    converged, session_lab, tiny_model
-):
+def test_a_config_change_restarts_once_and_a_slow_start_is_waited_for_without_a_restart(cpu_lab, tiny_model):
     """A serving flag changes (vllm_max_model_len): the service starts exactly once and serves again.
     Row 19 in the same restart: vLLM is slow to start, and connection refused after a (re)start means
     "still loading"; the readiness wait keeps waiting (vllm_ready_timeout), the run succeeds after one
     start, and nothing restarts the service."""
-    host = session_lab.host(HOST)
+    host = cpu_lab.host(HOST)
     installed = host.run(
         f"mkdir -p {SLOW_START_DIR} /etc/systemd/system/vllm.service.d\n"
         f"cat > {SLOW_START_DIR}/sitecustomize.py <<'EOF'\n{SLOW_START_HOOK}EOF\n"
@@ -220,7 +217,7 @@ def test_a_config_change_restarts_once_and_a_slow_start_is_waited_for_without_a_
     assert installed.rc == 0, installed.stderr
     since = int(time.time())
     try:
-        slow = phase2(session_lab, tiny_model, "-e", "vllm_max_model_len=256")  # a change: one restart
+        slow = phase2(cpu_lab, tiny_model, "-e", "vllm_max_model_len=256")  # a change: one restart
         journal = host.run(f"journalctl -u vllm.service --since @{since} -o cat --no-pager").stdout
         state = host.run("systemctl show -p ActiveState -p NRestarts vllm.service").stdout
     finally:
@@ -237,14 +234,14 @@ def test_a_config_change_restarts_once_and_a_slow_start_is_waited_for_without_a_
         assert "--max-model-len 256" in host.run("systemctl show -p ExecStart vllm.service").stdout
         assert chat(host, with_key=True) == ITALIAN
     finally:
-        restored = phase2(session_lab, tiny_model)
+        restored = phase2(cpu_lab, tiny_model)
     assert restored.returncode == 0, restored.output[-3000:]
 
 
-def test_an_engine_that_exits_cleanly_is_restarted_and_serves_again(converged, session_lab):
+def test_an_engine_that_exits_cleanly_is_restarted_and_serves_again(cpu_lab):
     """A clean exit (status 0) is a death too: vLLM's server can exit 0 when its engine dies, which
     Restart=on-failure would leave down. SIGTERM makes the real server shut down and exit 0."""
-    host = session_lab.host(HOST)
+    host = cpu_lab.host(HOST)
     since = int(time.time())
     before = host.run("systemctl show -p MainPID -p NRestarts vllm.service").stdout
     host.run("kill -TERM $(systemctl show -p MainPID --value vllm.service)")
@@ -329,11 +326,11 @@ def cut(report: dict, answers: int) -> bool:
     return report["error"] is not None or len(report["reasons"]) < answers
 
 
-def test_a_request_in_flight_when_vllm_stops_gets_its_whole_answer(converged, session_lab):
+def test_a_request_in_flight_when_vllm_stops_gets_its_whole_answer(cpu_lab):
     """`systemctl stop` (an upgrade, a restart, a reboot) lets the answers being written finish: the
     API server alone gets SIGTERM (KillMode=mixed) and drains for --shutdown-timeout. With the
     default control-group the engine got SIGTERM too and every answer in flight was cut."""
-    host = session_lab.host(HOST)
+    host = cpu_lab.host(HOST)
     answers = IN_FLIGHT_N
     for _ in range(3):
         report, journal, triggered = stop_during_answers(host, answers)
@@ -355,9 +352,9 @@ def test_a_request_in_flight_when_vllm_stops_gets_its_whole_answer(converged, se
 
 
 @pytest.fixture(scope="module")
-def hub(session_lab, tiny_model):
+def hub(cpu_lab, tiny_model):
     """The Hugging Face Hub stand-in on the lab bridge, serving the tiny model as a gated repository."""
-    address = urlsplit(depot.lab_url(session_lab.name, HUB_PORT))
+    address = urlsplit(depot.lab_url(cpu_lab.name, HUB_PORT))
     server = hf_hub_standin.start(
         (address.hostname, address.port), [hf_hub_standin.Repo(HF_REPO, tiny_model, HF_CANARY)]
     )
@@ -367,9 +364,9 @@ def hub(session_lab, tiny_model):
     server.server_close()
 
 
-def test_a_pinned_hugging_face_snapshot_is_downloaded_retried_and_served(converged, session_lab, tiny_model, hub):
+def test_a_pinned_hugging_face_snapshot_is_downloaded_retried_and_served(cpu_lab, tiny_model, hub):
     """Stand-in coverage: tests/standins/hf_hub answers for the Hub (no Hub on CI machines)."""
-    host = session_lab.host(HOST)
+    host = cpu_lab.host(HOST)
     source = {
         "vllm_model_source": "huggingface",
         "vllm_hf_repo": HF_REPO,
@@ -378,7 +375,7 @@ def test_a_pinned_hugging_face_snapshot_is_downloaded_retried_and_served(converg
     }
     hub.faults = [429, 503]
     try:
-        run = phase2(session_lab, tiny_model, "-e", json.dumps({**source, "vllm_hf_token": HF_CANARY}))
+        run = phase2(cpu_lab, tiny_model, "-e", json.dumps({**source, "vllm_hf_token": HF_CANARY}))
         assert run.returncode == 0, run.output[-3000:]
         assert hub.faults == []
         assert HF_CANARY not in run.output
@@ -396,44 +393,42 @@ def test_a_pinned_hugging_face_snapshot_is_downloaded_retried_and_served(converg
 
         before = invocation(host)
         asked = len(hub.requests)
-        rerun = phase2(session_lab, tiny_model, "-e", json.dumps(source))  # the snapshot on disk needs no Hub
+        rerun = phase2(cpu_lab, tiny_model, "-e", json.dumps(source))  # the snapshot on disk needs no Hub
         assert rerun.returncode == 0, rerun.output[-3000:]
         assert rerun.recap[HOST]["changed"] == 0
         assert len(hub.requests) == asked
 
         newer = {**source, "vllm_hf_revision": "0" * 40}  # a commit not on disk, without the token
-        refused = phase2(session_lab, tiny_model, "-e", json.dumps(newer))
+        refused = phase2(cpu_lab, tiny_model, "-e", json.dumps(newer))
         assert refused.returncode != 0
         assert f"{HOST}: Hugging Face download failed: {HF_REPO}@" in refused.output
         assert "401 Unauthorized (no token was sent)" in refused.output
         assert refused.recap[HOST]["changed"] == 0
-        branch = phase2(session_lab, tiny_model, "-e", json.dumps({**source, "vllm_hf_revision": "main"}))
+        branch = phase2(cpu_lab, tiny_model, "-e", json.dumps({**source, "vllm_hf_revision": "main"}))
         assert branch.returncode != 0
         assert f"{HOST}: vllm_hf_repo={HF_REPO}, vllm_hf_revision=main; expected an owner/name" in branch.output
         assert "fix: pin the commit shown on the model page" in branch.output
         assert branch.recap[HOST]["changed"] == 0
         assert invocation(host) == before
     finally:
-        restored = phase2(session_lab, tiny_model)
+        restored = phase2(cpu_lab, tiny_model)
     assert restored.returncode == 0, restored.output[-3000:]
 
 
-def test_a_simulated_two_gpu_host_gets_tp2_from_the_planner_and_runs_two_cpu_workers(
-    converged, session_lab, tiny_model
-):
+def test_a_simulated_two_gpu_host_gets_tp2_from_the_planner_and_runs_two_cpu_workers(cpu_lab, tiny_model):
     """The multi-GPU path on the CPU build: the planner's TP for two simulated 6 GB GPUs, two real CPU workers."""
-    host = session_lab.host(HOST)
-    lab(session_lab.name, "gpu", HOST, "2x-A2000-6GB")
+    host = cpu_lab.host(HOST)
+    lab(cpu_lab.name, "gpu", HOST, "2x-A2000-6GB")
     try:
         before = invocation(host)
-        refused = phase2(session_lab, tiny_model, *SIMULATE_2_GPUS, "-e", "vllm_tensor_parallel_size=3")
+        refused = phase2(cpu_lab, tiny_model, *SIMULATE_2_GPUS, "-e", "vllm_tensor_parallel_size=3")
         assert refused.returncode != 0
         assert (
             f"{HOST}: tensor-parallel size 3 for mistral-7b-instruct (awq) on 2 GPU(s) is not valid" in refused.output
         )
         assert refused.recap[HOST]["changed"] == 0
         assert invocation(host) == before
-        run = phase2(session_lab, tiny_model, *SIMULATE_2_GPUS)
+        run = phase2(cpu_lab, tiny_model, *SIMULATE_2_GPUS)
         assert run.returncode == 0, run.output[-3000:]
         assert "--tensor-parallel-size 2" in host.run("systemctl show -p ExecStart vllm.service").stdout
         assert "VLLM_CPU_OMP_THREADS_BIND=0|1" in host.file("/etc/vllm/vllm.env").content_string
@@ -441,7 +436,7 @@ def test_a_simulated_two_gpu_host_gets_tp2_from_the_planner_and_runs_two_cpu_wor
         assert len([name for name in workers if name.startswith("VLLM::Worker_TP")]) == 2, workers
         assert chat(host, with_key=True) == ITALIAN
     finally:
-        lab(session_lab.name, "gpu", HOST, "none")
-        restored = phase2(session_lab, tiny_model)
+        lab(cpu_lab.name, "gpu", HOST, "none")
+        restored = phase2(cpu_lab, tiny_model)
     assert restored.returncode == 0, restored.output[-3000:]
     assert "--tensor-parallel-size" not in host.run("systemctl show -p ExecStart vllm.service").stdout

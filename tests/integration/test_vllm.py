@@ -3,6 +3,7 @@ serving the tiny model."""
 
 import json
 import re
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -440,3 +441,64 @@ def test_a_simulated_two_gpu_host_gets_tp2_from_the_planner_and_runs_two_cpu_wor
         restored = phase2(cpu_lab, tiny_model)
     assert restored.returncode == 0, restored.output[-3000:]
     assert "--tensor-parallel-size" not in host.run("systemctl show -p ExecStart vllm.service").stdout
+
+
+def boot_id(host) -> str:
+    """The host's boot id, or "" while it cannot be reached (rebooting)."""
+    try:
+        return host.run("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    except Exception:  # testinfra's ansible backend raises while the host is down
+        return ""
+
+
+def test_a_reboot_in_the_middle_of_an_upgrade_comes_back_on_the_serving_release(cpu_lab, tiny_model):
+    """Issue 15: the host reboots while a new release (a changed serving flag) is being tried. The trial
+    unit lived in /run, so the host comes back serving the release that served before, never with no
+    service; the next run finds it serving what the inventory wants and restarts nothing."""
+    host = cpu_lab.host(HOST)
+    # The slow-start fault injector, in /run this time: the reboot takes it away with the trial unit.
+    drop_in = "/run/systemd/system/vllm.service.d/zz-test-slow-start.conf"
+    installed = host.run(
+        f"mkdir -p {SLOW_START_DIR} {drop_in.rsplit('/', 1)[0]}\n"
+        f"cat > {SLOW_START_DIR}/sitecustomize.py <<'EOF'\n{SLOW_START_HOOK}EOF\n"
+        f"cat > {drop_in} <<'EOF'\n[Service]\n"
+        f"Environment=PYTHONPATH={SLOW_START_DIR} LLM_TEST_SLOW_START_S=120\nEOF\n"
+        f"chmod 0755 {SLOW_START_DIR} && chmod 0644 {SLOW_START_DIR}/sitecustomize.py {drop_in}"
+        " && systemctl daemon-reload"
+    )
+    assert installed.rc == 0, installed.stderr
+    before_boot, since = boot_id(host), int(time.time())
+    upgrade: list = []
+    running = threading.Thread(
+        target=lambda: upgrade.append(phase2(cpu_lab, tiny_model, "-e", "vllm_max_model_len=256"))
+    )
+    running.start()
+    try:
+        deadline = time.monotonic() + 300
+        while (
+            "fault injector: slow start" not in host.run(f"journalctl -u vllm.service --since @{since} -o cat").stdout
+        ):
+            assert time.monotonic() < deadline and running.is_alive(), "the new release was never tried"
+            time.sleep(2)
+        assert "--max-model-len 256" in host.run("systemctl show -p ExecStart vllm.service").stdout
+        assert host.run("systemd-run --on-active=1 /bin/systemctl reboot").rc == 0
+        deadline = time.monotonic() + 180
+        while boot_id(host) in ("", before_boot):
+            assert time.monotonic() < deadline, "the host did not come back from its reboot"
+            time.sleep(2)
+        host.run("systemctl is-system-running --wait")
+        deadline = time.monotonic() + 300
+        while chat(host, with_key=True) != ITALIAN:
+            assert time.monotonic() < deadline, host.run("journalctl -b -u vllm.service -o cat | tail -30").stdout
+            time.sleep(3)
+    finally:
+        running.join(timeout=900)
+    assert upgrade and upgrade[0].returncode != 0, "the run went on through the reboot"
+    assert not host.file(drop_in).exists
+    assert not host.file("/run/systemd/system.control/vllm.service").exists
+    assert "--max-model-len" not in host.run("systemctl show -p ExecStart vllm.service").stdout
+    assert host.service("vllm.service").is_running
+    before = invocation(host)
+    rerun = phase2(cpu_lab, tiny_model)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    assert invocation(host) == before

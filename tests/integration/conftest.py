@@ -224,6 +224,17 @@ OLD_OLLAMA, NEW_OLLAMA = "0.32.15", "0.32.16"
 DEPOT_PORT = depot.DEFAULT_PORT
 
 
+def start_tests_depot(name: str, tiny_model: Path):
+    """The tests' depot on the named lab's bridge (make lab builds its own under the lab's name), serving;
+    and what a playbook run on that lab needs to install from it and to serve the tiny model."""
+    url = depot.lab_url(name, DEPOT_PORT)
+    root = LAB_HOME / "depots" / f"{name}-tests"
+    sums = depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
+    server = depot.start_server(root, url)
+    server.url = url
+    return server, {"LAB_MODEL_DIR": str(tiny_model), "LAB_OLLAMA_DEPOT": url, **depot.sha256_env(sums)}
+
+
 @pytest.fixture(scope="session")
 def converged(session_lab, tiny_model):
     """The first `make lab` (it must pass), the second (it must change nothing, env and smoke included),
@@ -232,12 +243,8 @@ def converged(session_lab, tiny_model):
     first = session_lab.first
     assert first.returncode == 0, first.output[-6000:]
     second = make_lab(session_lab.name)
-    url = depot.lab_url(session_lab.name, DEPOT_PORT)
-    root = LAB_HOME / "depots" / f"{session_lab.name}-tests"  # make lab builds its own under the lab's name
-    sums = depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
-    server = depot.start_server(root, url)
-    server.url = url
-    LAB_ENV.update(LAB_MODEL_DIR=str(tiny_model), LAB_OLLAMA_DEPOT=url, **depot.sha256_env(sums))
+    server, env = start_tests_depot(session_lab.name, tiny_model)
+    LAB_ENV.update(env)
     try:
         check = session_lab.playbook("--check")
         yield Converged(first, second, check, server)
@@ -272,10 +279,7 @@ def cpu_lab(tiny_model):
     try:
         lab(CPU_LAB, "up", "1", "--gpu", f"{CPU_LAB}1=none")
         inventory = Path(lab(CPU_LAB, "inventory").stdout.strip()).parent
-        url = depot.lab_url(CPU_LAB, DEPOT_PORT)
-        sums = depot.build_lab_depot(LAB_HOME / "depots" / f"{CPU_LAB}-tests", url, [OLD_OLLAMA, NEW_OLLAMA])
-        server = depot.start_server(LAB_HOME / "depots" / f"{CPU_LAB}-tests", url)
-        env = {"LAB_MODEL_DIR": str(tiny_model), "LAB_OLLAMA_DEPOT": url, **depot.sha256_env(sums)}
+        server, env = start_tests_depot(CPU_LAB, tiny_model)
         first = run_playbook("-i", str(inventory), "playbooks/site.yml", env=env)
         assert first.returncode == 0, first.output[-6000:]
         yield Lab(CPU_LAB, inventory, first, hosts=[f"{CPU_LAB}1"], env=env)

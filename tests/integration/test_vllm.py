@@ -201,21 +201,26 @@ if delay:
 """
 
 
+def install_slow_start(host, drop_in: str, seconds: int) -> None:
+    """The slow-start fault injector for vllm.service: its hook in SLOW_START_DIR, its drop-in at drop_in."""
+    installed = host.run(
+        f"mkdir -p {SLOW_START_DIR} {drop_in.rsplit('/', 1)[0]}\n"
+        f"cat > {SLOW_START_DIR}/sitecustomize.py <<'EOF'\n{SLOW_START_HOOK}EOF\n"
+        f"cat > {drop_in} <<'EOF'\n[Service]\n"
+        f"Environment=PYTHONPATH={SLOW_START_DIR} LLM_TEST_SLOW_START_S={seconds}\nEOF\n"
+        f"chmod 0755 {SLOW_START_DIR} && chmod 0644 {SLOW_START_DIR}/sitecustomize.py {drop_in}"
+        " && systemctl daemon-reload"
+    )
+    assert installed.rc == 0, installed.stderr
+
+
 def test_a_config_change_restarts_once_and_a_slow_start_is_waited_for_without_a_restart(cpu_lab, tiny_model):
     """A serving flag changes (vllm_max_model_len): the service starts exactly once and serves again.
     Row 19 in the same restart: vLLM is slow to start, and connection refused after a (re)start means
     "still loading"; the readiness wait keeps waiting (vllm_ready_timeout), the run succeeds after one
     start, and nothing restarts the service."""
     host = cpu_lab.host(HOST)
-    installed = host.run(
-        f"mkdir -p {SLOW_START_DIR} /etc/systemd/system/vllm.service.d\n"
-        f"cat > {SLOW_START_DIR}/sitecustomize.py <<'EOF'\n{SLOW_START_HOOK}EOF\n"
-        f"cat > {SLOW_START_DROP_IN} <<'EOF'\n[Service]\n"
-        f"Environment=PYTHONPATH={SLOW_START_DIR} LLM_TEST_SLOW_START_S={SLOW_START_S}\nEOF\n"
-        f"chmod 0755 {SLOW_START_DIR} && chmod 0644 {SLOW_START_DIR}/sitecustomize.py {SLOW_START_DROP_IN}"
-        " && systemctl daemon-reload"
-    )
-    assert installed.rc == 0, installed.stderr
+    install_slow_start(host, SLOW_START_DROP_IN, SLOW_START_S)
     since = int(time.time())
     try:
         slow = phase2(cpu_lab, tiny_model, "-e", "vllm_max_model_len=256")  # a change: one restart
@@ -458,15 +463,7 @@ def test_a_reboot_in_the_middle_of_an_upgrade_comes_back_on_the_serving_release(
     host = cpu_lab.host(HOST)
     # The slow-start fault injector, in /run this time: the reboot takes it away with the trial unit.
     drop_in = "/run/systemd/system/vllm.service.d/zz-test-slow-start.conf"
-    installed = host.run(
-        f"mkdir -p {SLOW_START_DIR} {drop_in.rsplit('/', 1)[0]}\n"
-        f"cat > {SLOW_START_DIR}/sitecustomize.py <<'EOF'\n{SLOW_START_HOOK}EOF\n"
-        f"cat > {drop_in} <<'EOF'\n[Service]\n"
-        f"Environment=PYTHONPATH={SLOW_START_DIR} LLM_TEST_SLOW_START_S=120\nEOF\n"
-        f"chmod 0755 {SLOW_START_DIR} && chmod 0644 {SLOW_START_DIR}/sitecustomize.py {drop_in}"
-        " && systemctl daemon-reload"
-    )
-    assert installed.rc == 0, installed.stderr
+    install_slow_start(host, drop_in, 120)
     before_boot, since = boot_id(host), int(time.time())
     upgrade: list = []
     running = threading.Thread(

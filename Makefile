@@ -71,7 +71,7 @@ integration: deps venv wheel ## Integration tests: real playbooks on lab hosts
 # the time, and the machine has two cores): the modules on the session lab, in order; and beside them
 # the unit tests and the modules that boot labs of their own, or none, whose report follows.
 BESIDE_SESSION_LAB := tests/unit $(addprefix tests/integration/,test_fleet.py test_lab_features.py \
-	test_lab_lifecycle.py test_secrets.py test_tiny_model.py test_vllm.py)
+	test_lab_lifecycle.py test_secrets.py test_tiny_model.py test_vllm.py test_vllm_version.py)
 BESIDE_LOG := .test-beside-the-session-lab.log
 
 test: deps venv wheel lint ## Everything CI runs: lint, unit and integration tests

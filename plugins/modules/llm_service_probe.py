@@ -22,9 +22,12 @@ options:
     default: ""
     no_log: true
   model:
-    description: The served model name the list must hold.
+    description:
+      - The served model name the list must hold.
+      - Empty for an endpoint that lists no models (Ollama's C(/api/version)); C(listed) is then true when the
+        API answers 200.
     type: str
-    required: true
+    default: ""
   unit:
     description: The systemd unit serving the API; empty to skip its state.
     type: str
@@ -58,12 +61,16 @@ models:
   description: The model ids the API listed.
   returned: always
   type: list
+version:
+  description: The C(version) the answer's body names (Ollama's C(/api/version), vLLM's C(/version)); empty for none.
+  returned: always
+  type: str
 error:
   description: Why the API did not answer 200 (empty when it did).
   returned: always
   type: str
 listed:
-  description: Whether the API answered 200 with the model in its list.
+  description: Whether the API answered 200 with the model in its list (with no model named, whether it answered 200).
   returned: always
   type: bool
 unit:
@@ -85,7 +92,7 @@ def main():
         argument_spec={
             "url": {"type": "str", "required": True},
             "api_key": {"type": "str", "default": "", "no_log": True},
-            "model": {"type": "str", "required": True},
+            "model": {"type": "str", "default": ""},
             "unit": {"type": "str", "default": ""},
             "timeout_s": {"type": "int", "default": 10},
         },

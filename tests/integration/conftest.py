@@ -221,6 +221,7 @@ def session_lab():
 # port `make lab` serves its own depot on while it runs: the stand-in that make lab installed pulls
 # from that address, so the tests' depot takes it over once make lab is done.
 OLD_OLLAMA, NEW_OLLAMA = "0.32.15", "0.32.16"
+BROKEN_OLLAMA = "0.32.17"  # a stand-in release whose server cannot start (its fault injector)
 DEPOT_PORT = depot.DEFAULT_PORT
 
 
@@ -229,7 +230,7 @@ def start_tests_depot(name: str, tiny_model: Path):
     and what a playbook run on that lab needs to install from it and to serve the tiny model."""
     url = depot.lab_url(name, DEPOT_PORT)
     root = LAB_HOME / "depots" / f"{name}-tests"
-    sums = depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA])
+    sums = depot.build_lab_depot(root, url, [OLD_OLLAMA, NEW_OLLAMA], cannot_serve=(BROKEN_OLLAMA,))
     server = depot.start_server(root, url)
     server.url = url
     return server, {"LAB_MODEL_DIR": str(tiny_model), "LAB_OLLAMA_DEPOT": url, **depot.sha256_env(sums)}

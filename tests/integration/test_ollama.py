@@ -16,6 +16,7 @@ import json
 import os
 import re
 
+from tests.integration.conftest import BROKEN_OLLAMA as BROKEN
 from tests.integration.conftest import LAB_HOME
 from tests.integration.conftest import NEW_OLLAMA as NEW
 from tests.integration.conftest import OLD_OLLAMA as OLD
@@ -137,6 +138,51 @@ def test_an_upgrade_switches_after_the_check_and_a_downgrade_switches_back(conve
     assert back.returncode == 0, back.output[-4000:]
     assert api(host, "/api/version") == {"version": OLD}
     assert "italiano" in host.run(CHAT % "mixtral").stdout
+
+
+def test_a_new_release_that_cannot_serve_is_switched_back_and_the_old_one_serves(converged, session_lab, depot_url):
+    """Issue 15: a new Ollama release that installs (its archive and version check pass) but cannot start
+    its server is on trial until it answers: once systemd gives up on it, the current link goes back, the
+    release that served before starts again, and the run fails naming both; a rerun changes nothing."""
+    host = session_lab.host(CPU_HOST)
+    run = phase1(session_lab, depot_url, "-e", f"ollama_version={BROKEN}", limit=CPU_HOST)
+    assert run.returncode != 0
+    said = " ".join(run.output.split())
+    assert (
+        f"{CPU_HOST}: the new Ollama release {BROKEN} failed its trial and Ollama {OLD}, the release that served"
+        f" before, serves again: ollama.service did not answer on http://127.0.0.1:11434 as version {BROKEN}"
+        " and systemd gave up on it after"
+    ) in said, run.output[-4000:]
+    assert "cannot start its server (stand-in fault injector)" in said  # the journal's reason
+    assert (
+        "fix: check the release (ollama_version, ollama_release_url, the journal above), or pin ollama_version"
+        f" to {OLD}"
+    ) in said
+    assert host.file("/opt/ollama/current").linked_to == f"/opt/ollama/releases/{OLD}"
+    assert api(host, "/api/version") == {"version": OLD}
+    assert "italiano" in host.run(CHAT % "mixtral").stdout
+    before = invocation(host)
+    again = phase1(session_lab, depot_url, limit=CPU_HOST)
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.recap[CPU_HOST]["changed"] == 0, again.output[-4000:]
+    assert invocation(host) == before
+
+
+def test_a_plain_run_refuses_to_switch_more_serving_hosts_than_one_batch(converged, session_lab, depot_url):
+    """Issue 15: a plain run that would restart Ollama on both serving hosts at once refuses before either
+    switches, and points to playbooks/upgrade.yml."""
+    hosts = [session_lab.host(name) for name in (GPU_HOST, CPU_HOST)]
+    before = [invocation(host) for host in hosts]
+    run = phase1(session_lab, depot_url, "-e", f"ollama_version={NEW}")
+    assert run.returncode != 0
+    said = " ".join(run.output.split())
+    assert (
+        f"2 serving hosts would switch Ollama's release at once ({GPU_HOST}, {CPU_HOST}); expected at most"
+        " llm_upgrade_serial=1; fix: run playbooks/upgrade.yml"
+    ) in said, run.output[-4000:]
+    for host, invocation_before in zip(hosts, before, strict=True):
+        assert host.file("/opt/ollama/current").linked_to == f"/opt/ollama/releases/{OLD}"
+        assert invocation(host) == invocation_before
 
 
 def test_an_unknown_tag_fails_with_ollamas_error_and_the_catalogs_tag(converged, session_lab, depot_url):

@@ -9,18 +9,15 @@ lock) is proven by the lab layer's release directory and the unit tests of the r
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
 from tests.integration.conftest import CANARY
+from tests.integration.gateway_load import outcome, start_load, stop_load
 from tests.integration.test_vllm import CHAT, ITALIAN
 
 HOST = "itest3"  # the session lab's CPU host
 RELEASE = "0.32.0"  # the lab layer's vLLM
-LOAD_UNIT = "llm-test-upgrade-load"
-RECORDS = "/root/upgrade-load.jsonl"
-STOP_FILE = "/root/upgrade-load.stop"
 
 
 def run(session_lab, model_dir, *args, playbook="playbooks/site.yml"):
@@ -38,28 +35,6 @@ def serving(host) -> str:
 def serving_model(host) -> str:
     """The model directory vLLM serves (the argument after `serve`)."""
     return serving(host).split(" serve ")[1].split()[0]
-
-
-def start_load(host) -> None:
-    """The failover drill's load generator, through the host's gateway, with the gateway's own key."""
-    gateway = json.loads(host.file("/etc/ansible/facts.d/llm_gateway.fact").content_string)
-    started = host.run(
-        f"rm -f {RECORDS} {STOP_FILE}; systemd-run --unit {LOAD_UNIT} --property StandardInput=file:"
-        f"{gateway['key_file']} /opt/llm-toolkit/venv/bin/python -m llm_toolkit.drill run --base-url "
-        f"{gateway['url']} --api-key-stdin --duration 1800 --concurrency 2 --pause 0.5 --max-tokens 8 "
-        f"--body-bytes 2048 --output {RECORDS} --stop-file {STOP_FILE}"
-    )
-    assert started.rc == 0, started.stderr
-
-
-def stop_load(host) -> list[dict]:
-    host.run(f"touch {STOP_FILE}")
-    for _ in range(120):
-        if host.run(f"systemctl is-active {LOAD_UNIT}").stdout.strip() != "active":
-            break
-        time.sleep(1)
-    host.run(f"systemctl stop {LOAD_UNIT}; systemctl reset-failed {LOAD_UNIT}")
-    return [json.loads(line) for line in host.file(RECORDS).content_string.splitlines() if line.strip()]
 
 
 def test_an_upgrade_under_load_drops_no_request_keeps_the_previous_release_and_rolls_back(
@@ -84,10 +59,7 @@ def test_an_upgrade_under_load_drops_no_request_keeps_the_previous_release_and_r
         time.sleep(5)  # requests after the switch, on the new revision
     finally:
         records = stop_load(host)
-    failed = [record for record in records if not record["ok"]]
-    backends = {record["backend"] for record in records if record["ok"]}
-    print(f"upgrade under load: {len(records)} sent, {len(records) - len(failed)} answered, {len(failed)} failed;"
-          f" answered by {sorted(backends)}")  # fmt: skip
+    failed, backends = outcome(records, "upgrade under load")
     assert len(records) >= 20, records
     assert failed == [], failed[:5]
     assert {"vllm", "ollama"} <= backends, backends  # the fallback carried the traffic during the switches

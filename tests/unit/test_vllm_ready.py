@@ -145,10 +145,16 @@ def test_the_probe_reads_the_list_the_refusal_and_the_units_state():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1/models"
-        assert llm_probe.listed_models(url, "k", 5) == {"status": 200, "models": ["mixtral"], "error": ""}
+        assert llm_probe.listed_models(url, "k", 5) == {
+            "status": 200,
+            "models": ["mixtral"],
+            "version": "",
+            "error": "",
+        }
         listed = llm_probe.probe(url, "", "mixtral", "", 5)
         assert (listed["listed"], listed["unit"], listed["unit_gave_up"]) == (True, {}, False)
         assert llm_probe.probe(url, "", "gemma2", "", 5)["listed"] is False
+        assert llm_probe.probe(url, "", "", "", 5)["listed"] is True  # no model named: the API answered
     finally:
         server.shutdown()
         server.server_close()

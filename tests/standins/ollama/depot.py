@@ -80,12 +80,14 @@ def _tar_member(archive: tarfile.TarFile, name: str, data: bytes, mode: int) -> 
     archive.addfile(info, io.BytesIO(data))
 
 
-def release_tar(version: str, registry: str, runner_venv: str, libnuma: Path = LIBNUMA) -> bytes:
-    """The uncompressed tar of a stand-in release, reproducible (fixed mtimes and owners)."""
+def release_tar(version: str, registry: str, runner_venv: str, libnuma: Path = LIBNUMA, fault: str = "") -> bytes:
+    """The uncompressed tar of a stand-in release, reproducible (fixed mtimes and owners); a fault (the
+    stand-in's injector, e.g. "cannot-serve") is baked into its configuration."""
     config = {
         "version": version,
         "registry": registry,
         "runner": {"venv": runner_venv, "args": RUNNER_ARGS, "env": RUNNER_ENV},
+        **({"fault": fault} if fault else {}),
     }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
@@ -97,11 +99,13 @@ def release_tar(version: str, registry: str, runner_venv: str, libnuma: Path = L
     return buffer.getvalue()
 
 
-def write_release(root: Path, version: str, registry: str, runner_venv: str, compression: str = "zst") -> Path:
+def write_release(
+    root: Path, version: str, registry: str, runner_venv: str, compression: str = "zst", fault: str = ""
+) -> Path:
     """download/v<version>/ollama-linux-amd64.tar.<zst|tgz> plus sha256sum.txt; returns the archive."""
     folder = root / "download" / f"v{version}"
     folder.mkdir(parents=True, exist_ok=True)
-    raw = release_tar(version, registry, runner_venv)
+    raw = release_tar(version, registry, runner_venv, fault=fault)
     if compression == "zst":
         archive = folder / "ollama-linux-amd64.tar.zst"
         subprocess.run(["zstd", "-q", "-f", "-19", "-o", str(archive)], input=raw, check=True)
@@ -228,8 +232,9 @@ def serve(root: Path, url: str, command: list[str]) -> int:
         httpd.server_close()
 
 
-def build_lab_depot(root: Path, url: str, versions: list[str]) -> dict[str, str]:
-    """A depot for a lab: the stand-in releases asked for and the tiny model under the catalog's tags.
+def build_lab_depot(root: Path, url: str, versions: list[str], cannot_serve: tuple[str, ...] = ()) -> dict[str, str]:
+    """A depot for a lab: the stand-in releases asked for (those in cannot_serve built with that fault)
+    and the tiny model under the catalog's tags.
 
     Returns the sha256 of each release's archive by version: the lab's inventory passes it to the
     role as ollama_archive_sha256 (LAB_OLLAMA_SHA256S, see sha256_env), as a site pins a release
@@ -239,7 +244,11 @@ def build_lab_depot(root: Path, url: str, versions: list[str]) -> dict[str, str]
 
     venv, model = runner_venv(), tiny_mixtral()
     shutil.rmtree(root, ignore_errors=True)
-    sums = {version: sha256_file(write_release(root, version, url, str(venv))) for version in versions}
+    faults = {version: "cannot-serve" for version in cannot_serve}
+    sums = {
+        version: sha256_file(write_release(root, version, url, str(venv), fault=faults.get(version, "")))
+        for version in [*versions, *cannot_serve]
+    }
     for tag, family in LAB_TAGS.items():
         write_model(root, tag, model, family)
     return sums

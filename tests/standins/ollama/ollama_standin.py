@@ -13,7 +13,9 @@ nvidia-smi lists a GPU (a simulated one in the lab) reports the model in VRAM in
 Ollama would; CUDA_VISIBLE_DEVICES=-1 or a driver older than 550 report it on the CPU.
 
 Configuration baked into the release archive (lib/ollama/standin.json): version, registry URL,
-runner venv, arguments and environment. Settings from the environment, as Ollama reads them:
+runner venv, arguments and environment, and a fault injector for the tests: `"fault": "cannot-serve"` makes
+a release whose `--version` answers and whose `serve` fails at once, as a release that cannot run on the
+host does (the role's trial of a new release must switch back). Settings from the environment, as Ollama reads them:
 OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NUM_PARALLEL, OLLAMA_LOAD_TIMEOUT,
 OLLAMA_MAX_LOADED_MODELS. Standard library only: it runs on any host with Python 3.
 """
@@ -43,6 +45,7 @@ from pathlib import Path
 HERE = Path(os.path.realpath(__file__)).parent
 CONFIG = json.loads((HERE / "standin.json").read_text(encoding="utf-8"))
 VERSION = CONFIG["version"]
+FAULT = CONFIG.get("fault", "")
 DEFAULT_HOST = "registry.ollama.ai"
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME = re.compile(r"^(?:(?P<host>[\w.-]+(?::\d+)?)/)?(?:(?P<ns>[\w.-]+)/)?(?P<model>[\w.-]+)(?::(?P<tag>[\w.-]+))?$")
@@ -782,6 +785,9 @@ def version_command() -> int:
 
 def serve() -> int:
     global SERVER  # noqa: PLW0603 - one server per process
+    if FAULT == "cannot-serve":
+        print(f"Error: release {VERSION} cannot start its server (stand-in fault injector)", file=sys.stderr)
+        return 1
     host, port = listen_address()
     SERVER = Server()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

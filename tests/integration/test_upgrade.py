@@ -3,9 +3,8 @@ release kept and restored by playbooks/rollback.yml, and a rerun that changes no
 
 playbooks/upgrade.yml moves the host to a new revision of the tiny model while a steady stream of
 Italian requests goes through the host's gateway. A new vLLM version takes the same path (the release
-is the venv, the model revision, the flags and the environment together); installing a second vLLM
-build inside a lab host costs minutes of CI time, so the version's own side (a venv per version, its
-lock) is proven by the lab layer's release directory and the unit tests of the release paths."""
+is the venv, the model revision, the flags and the environment together): its drill, which installs a
+second vLLM build, runs on the CPU lab (tests/integration/test_vllm_version.py)."""
 
 from __future__ import annotations
 

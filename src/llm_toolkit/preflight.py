@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from llm_toolkit import pylock
+from llm_toolkit import gpu_health, pylock
 from llm_toolkit.host.llm_gpu import version_tuple
 from llm_toolkit.planner import PlanError, lowest_compute_cap, plan, request_for_gpus
 
@@ -43,12 +43,21 @@ class Report:
     def skip(self, check: str, phases, why: str):
         self.add(check, phases, True, why, "-", skipped=True)
 
+    def warn(self, check: str, phases, measured, required, fix: str):
+        """A degradation worth a line in the report: it passes the gate, and says what to do about it."""
+        self.add(check, phases, True, measured, required)
+        if self.checks and self.checks[-1]["check"] == check:
+            self.checks[-1].update(
+                warning=True, fix=fix, message=f"{self.host}: {check}: {measured}; expected: {required}; fix: {fix}"
+            )
+
     def as_dict(self, **extra) -> dict:
         verdicts = {
             phase: "fail" if any(not c["ok"] and phase in c["phases"] for c in self.checks) else "pass"
             for phase in self.phases
         }
         failures = [c["message"] for c in self.checks if not c["ok"]]
+        warnings = [c["message"] for c in self.checks if c.get("warning")]
         summary = f"{self.host}: " + ", ".join(f"{phase} {verdict}" for phase, verdict in verdicts.items())
         skipped = [c["measured"] for c in self.checks if c["skipped"]]
         if skipped:
@@ -60,6 +69,7 @@ class Report:
             "passed": not failures,
             "summary": summary,
             "failures": failures,
+            "warnings": warnings,
             "checks": self.checks,
             **extra,
         }
@@ -286,8 +296,22 @@ def _gpu_checks(report: Report, gpu: dict, settings: dict, gates: dict, models: 
         "none",
         "stop those processes (they are not the toolkit's services); check with nvidia-smi",
     )
+    if "health" in gpu:
+        _health_checks(report, gpu["health"], settings, gates)
     _ollama_checks(report, gpu, settings, gates, models, lowest_cc, measured_driver)
     return _vllm_checks(report, gpu, settings, gates, models, serving, lowest_cc, measured_driver)
+
+
+def _health_checks(report: Report, health: dict, settings: dict, gates: dict) -> None:
+    """The GPU health gates (llm_toolkit.gpu_health): fail states fail both phases, degradations warn."""
+    for finding in gpu_health.assess(health, gates, settings.get("gpu_health_ack", [])):
+        check, measured, required = finding["check"], finding["measured"], finding["required"]
+        if finding["level"] == gpu_health.NOT_MEASURED:
+            report.skip(check, PHASES, f"{check} not measured: {measured}")
+        elif finding["level"] == gpu_health.WARN:
+            report.warn(check, PHASES, measured, required, finding["fix"])
+        else:
+            report.add(check, PHASES, finding["level"] == gpu_health.OK, measured, required, finding["fix"])
 
 
 def _ollama_checks(report, gpu, settings, gates, models, lowest_cc, measured_driver) -> None:

@@ -142,7 +142,7 @@ def parse_xid_events(text: str) -> list[dict]:
         match = XID_LINE.search(line)
         if not match:
             continue
-        stamp = line[: match.start()].split(" kernel:")[0].strip() or "-"
+        stamp = " ".join(re.sub(r"(^|\s)kernel:.*$", "", line[: match.start()]).split()) or "-"
         code, device = int(match["code"]), match["device"].strip()
         events.append(
             {

@@ -234,6 +234,18 @@ def test_xid_events_are_parsed_with_the_key_that_acknowledges_them():
     assert events[0]["detail"] == "pid=2417, GPU has fallen off the bus."
 
 
+def test_published_xid_lines_of_every_log_form_are_read():
+    """dmesg -T and --ctime, syslog, journal and bare kmsg lines (fixtures/nvidia_smi/kernel-log-xid.txt)."""
+    events = health.parse_xid_events((FIXTURES / "kernel-log-xid.txt").read_text(encoding="utf-8"))
+    assert [event["code"] for event in events] == [13, 109, 43, 31, 94, 79, 48, 64, 63, 45, 145]
+    assert events[5]["key"] == "Xid 79 PCI:0000:a1:00 [Fri Apr 5 21:29:39 2024]"
+    assert events[6]["key"] == "Xid 48 PCI:0000:07:00 Dec 2 11:38:47 worker4"
+    assert events[9]["key"] == "Xid 45 PCI:0000:dc:00 -"
+    found = findings({"gpus": [], "xid_events": events, "not_measured": {}})
+    assert [finding["check"] for finding in found[gpu_health.FAIL]] == ["Xid 79", "Xid 48", "Xid 64", "Xid 63"]
+    assert [finding["check"] for finding in found[gpu_health.WARN]] == ["Xid 94"]
+
+
 def test_an_xid_of_the_fail_set_fails_until_acknowledged_and_one_of_the_warn_set_warns():
     host = facts(report(gpu_element()), KERNEL_LOG)
     found = findings(host)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.standins.nvidia_smi.fake_nvidia_smi import PROFILES, run
+from tests.standins.nvidia_smi.fake_nvidia_smi import PROFILES, load_profile, run
 
 ALL_PROFILES = sorted(json.loads(PROFILES.read_text()))
 GPU_PROFILES = [
@@ -103,7 +103,7 @@ def test_default_table_lines_line_up_like_the_real_table(profile):
     assert len({len(line) for line in framed}) == 1
     assert framed[0].startswith("+") and framed[-1].startswith("+")
     gpu_rows = [line for line in framed if re.match(r"\|\s+\d+\s+\S.*\|\s+[0-9A-F]{8}:", line)]
-    assert len(gpu_rows) == json.loads(PROFILES.read_text())[profile]["count"]
+    assert len(gpu_rows) == load_profile(profile)["count"]
 
 
 def test_processes_holding_gpu_memory_appear_in_queries_and_in_used_memory():

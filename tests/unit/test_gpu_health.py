@@ -5,18 +5,25 @@ the states no published output shows are built from the same elements, one state
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from llm_toolkit.host import llm_gpu_health as health
 
 from llm_toolkit import gpu_health
 from llm_toolkit.catalog import load_gates
+from tests.standins.nvidia_smi.fake_nvidia_smi import PROFILES
+from tests.standins.nvidia_smi.fake_nvidia_smi import run as fake_nvidia_smi
 from tests.unit.test_preflight_gates import gpu_facts
 from tests.unit.test_preflight_gates import report as preflight
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nvidia_smi"
 GATES = load_gates()
+STANDIN_GPU_PROFILES = sorted(
+    name for name, profile in json.loads(PROFILES.read_text()).items() if not {"error", "hang"} & set(profile)
+)
 
 # One H100 as drivers of R535 and later print it (element names and value forms of nvidia-smi -q -x);
 # each test changes the elements of the state it shows.
@@ -335,3 +342,55 @@ def test_preflight_fails_both_phases_on_a_health_fail_state_and_lists_warnings()
     key = "Xid 79 PCI:0000:2a:00 2026-12-07T09:14:55+0000 gpu7"
     gpu["health"] = facts(report(gpu_element()), KERNEL_LOG)
     assert preflight(gpu=gpu, gpu_health_ack=[key])["passed"]
+
+
+def element_paths(xml: str) -> set[str]:
+    def walk(element, prefix: str) -> set[str]:
+        path = f"{prefix}/{element.tag}"
+        return {path}.union(*(walk(child, path) for child in element))
+
+    return walk(ElementTree.fromstring(xml), "")  # noqa: S314 - the fixtures and the stand-in, in this repository
+
+
+PUBLISHED_PATHS = set().union(*(element_paths(path.read_text()) for path in FIXTURES.glob("q-x-*.xml")))
+
+
+@pytest.mark.parametrize("profile", STANDIN_GPU_PROFILES)
+def test_the_standins_health_report_has_only_elements_real_outputs_have(profile):
+    xml, code = fake_nvidia_smi(["-q", "-x"], profile)
+    assert code == 0
+    assert element_paths(xml) - PUBLISHED_PATHS == set()
+
+
+@pytest.mark.parametrize(
+    ("profile", "level", "check"),
+    [
+        ("4x-A100-40GB", None, None),
+        ("8x-H100-80GB", None, None),
+        ("driver-470", None, None),
+        ("4x-A100-40GB-ecc-uncorrectable", gpu_health.FAIL, "uncorrectable ECC errors"),
+        ("4x-A100-40GB-remap-pending", gpu_health.FAIL, "pending memory repair"),
+        ("4x-A100-40GB-remap-failure", gpu_health.FAIL, "row remapping failure"),
+        ("4x-A100-40GB-recovery-reboot", gpu_health.FAIL, "GPU recovery"),
+        ("2x-A10G-24GB-reset-required", gpu_health.FAIL, "GPU recovery"),
+        ("2x-A10G-24GB-retirement-pending", gpu_health.FAIL, "pending memory repair"),
+        ("8x-H100-80GB-fabric-in-progress", gpu_health.FAIL, "NVSwitch fabric"),
+        ("1x-L4-24GB-persistence-off", gpu_health.WARN, "persistence mode"),
+        ("1x-L4-24GB-pcie-x8", gpu_health.WARN, "PCIe link"),
+        ("1x-L4-24GB-thermal-slowdown", gpu_health.WARN, "clock slowdown"),
+    ],
+)
+def test_each_standin_health_profile_gets_its_finding(profile, level, check):
+    """The lab's simulated GPU hosts: the collector on the stand-in's report, through the gates."""
+
+    def run(argv):
+        output, code = fake_nvidia_smi(argv[1:], profile)
+        return code, output, ""
+
+    host = health.collect_health(run, "nvidia-smi", [], nvswitch=False)
+    found = findings(host)
+    if level is None:
+        assert set(found) == {gpu_health.OK, gpu_health.NOT_MEASURED}, found
+    else:
+        assert check in [finding["check"] for finding in found[level]], found
+        assert level == gpu_health.WARN or gpu_health.WARN not in found

@@ -6,11 +6,17 @@ tool prints for the subset the toolkit uses (formats: docs/gpu-and-drivers.md, s
   nvidia-smi                                   the default table (header carries the CUDA version)
   nvidia-smi --query-gpu=F,... --format=csv[,noheader][,nounits] [-i N]
   nvidia-smi --query-compute-apps=F,... --format=csv[,noheader][,nounits]
-  nvidia-smi -L | -q | --version
+  nvidia-smi -L | -q | -q -x | --version
 
 The profile comes from $LAB_GPU_PROFILE or /etc/lab-gpu-profile; profiles are in
-profiles.json beside this file. A profile with "hang" blocks forever without output, as the real
-tool does in a wedged driver (the fault the callers' time limits are tested against).
+profiles.json beside this file (a profile with "base" is that profile with its own keys on top).
+A profile with "hang" blocks forever without output, as the real tool does in a wedged driver (the
+fault the callers' time limits are tested against).
+
+`-q -x` prints the XML health report with the elements and value forms of the profile's driver
+generation (published outputs: tests/unit/fixtures/nvidia_smi): a healthy GPU, unless the profile's
+"health" or the file /etc/lab-gpu-health.json (which the tests write) sets elements of a GPU, by
+index, or of every GPU ("*"): {"1": {"remapped_row_pending": "Yes"}}.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 PROFILES = Path(__file__).resolve().with_name("profiles.json")
 PROFILE_FILE = Path("/etc/lab-gpu-profile")
+HEALTH_FILE = Path("/etc/lab-gpu-health.json")
 INVALID_ARGS = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
 
 # field -> (header unit or None, function(gpu) -> (value, unit suffix or ""))
@@ -65,7 +72,10 @@ def load_profile(name: str, profiles_path: Path = PROFILES) -> dict:
     profiles = json.loads(profiles_path.read_text())
     if name not in profiles:
         raise KeyError(name)
-    return profiles[name]
+    profile = profiles[name]
+    if "base" in profile:
+        profile = {**load_profile(profile["base"], profiles_path), **profile}
+    return profile
 
 
 def expand_gpus(profile_name: str, profile: dict) -> list[dict]:
@@ -201,11 +211,143 @@ def query_report(profile: dict, gpus: list[dict]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+# Each GPU's health elements as a healthy GPU reports them; a profile's "health" and HEALTH_FILE override
+# them per GPU index.
+HEALTHY = {
+    "persistence_mode": "Enabled",
+    "reset_required": "No",
+    "drain_and_reset_recommended": "No",
+    "gpu_recovery_action": "None",
+    "current_link_gen": None,  # the profile's maximum
+    "current_link_width": "16x",
+    "clocks_gpu_idle": "Active",
+    "clocks_hw_slowdown": "Not Active",
+    "clocks_hw_thermal_slowdown": "Not Active",
+    "clocks_hw_power_brake_slowdown": "Not Active",
+    "clocks_sw_thermal_slowdown": "Not Active",
+    "volatile_uncorrectable": "0",
+    "aggregate_uncorrectable": "0",
+    "pending_retirement": "No",
+    "remapped_row_unc": "0",
+    "remapped_row_pending": "No",
+    "remapped_row_failure": "No",
+    "gpu_temp": "34 C",
+    "fabric_state": None,  # Completed on an NVSwitch profile, N/A elsewhere
+}
+CLOCK_REASONS = ("gpu_idle", "hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown")
+
+
+def health_overrides(profile: dict, health_file: Path = HEALTH_FILE) -> dict[str, dict]:
+    overrides = {index: dict(values) for index, values in profile.get("health", {}).items()}
+    try:
+        written = json.loads(health_file.read_text())
+    except (OSError, ValueError):
+        written = {}
+    for index, values in written.items():
+        overrides.setdefault(str(index), {}).update(values)
+    return overrides
+
+
+def gpu_state(overrides: dict[str, dict], index: int) -> dict:
+    """A GPU's health elements: healthy, then what applies to every GPU ("*"), then its own."""
+    return {**HEALTHY, **overrides.get("*", {}), **overrides.get(str(index), {})}
+
+
+def _element(tag: str, children: str | None = None, text: str = "") -> str:
+    return f"<{tag}>{children if children is not None else text}</{tag}>"
+
+
+def _ecc_counts(scope: str, uncorrectable: str, driver: int) -> str:
+    """A <volatile> or <aggregate> block in the form of the driver's generation."""
+    if driver < 515:
+        single = "".join(_element(tag, text="0") for tag in ("device_memory", "register_file", "total"))
+        double = "".join(_element(tag, text=uncorrectable if tag == "total" else "0")
+                         for tag in ("device_memory", "register_file", "total"))  # fmt: skip
+        return _element(scope, _element("single_bit", single) + _element("double_bit", double))
+    sram = ("sram_uncorrectable_parity", "sram_uncorrectable_secded") if driver >= 570 else ("sram_uncorrectable",)
+    tags = ("sram_correctable", *sram, "dram_correctable", "dram_uncorrectable")
+    return _element(scope, "".join(_element(t, text=uncorrectable if t == "dram_uncorrectable" else "0") for t in tags))
+
+
+def _link(state: dict, generation: str, driver: int) -> str:
+    current = state["current_link_gen"] or generation
+    gens = [("max_link_gen", generation), ("current_link_gen", current)]
+    if driver >= 535:
+        gens += [("device_current_link_gen", current), ("max_device_link_gen", generation),
+                 ("max_host_link_gen", generation)]  # fmt: skip
+    widths = _element("max_link_width", text="16x") + _element("current_link_width", text=state["current_link_width"])
+    return _element(
+        "pci_gpu_link_info",
+        _element("pcie_gen", "".join(_element(tag, text=value) for tag, value in gens))
+        + _element("link_widths", widths),
+    )
+
+
+def xml_gpu(profile: dict, gpu: dict, state: dict) -> str:
+    """One <gpu> of `nvidia-smi -q -x` in the form of the profile's driver generation (the published
+    outputs in tests/unit/fixtures/nvidia_smi: R460, R515, R535, R570)."""
+    driver = int(profile["driver_version"].split(".")[0])
+    generation = str(profile.get("pcie_gen_max", 4))
+    reasons = "clocks_event_reason" if driver >= 535 else "clocks_throttle_reason"
+    clock_block = "".join(_element(f"{reasons}_{name}", text=state[f"clocks_{name}"]) for name in CLOCK_REASONS)
+    fabric_state = state["fabric_state"] or ("Completed" if profile.get("nvswitch") else "N/A")
+    fabric_status = "Success" if fabric_state == "Completed" else "N/A"
+    reset = "Requested functionality has been deprecated" if driver >= 570 else state["reset_required"]
+    retired = "".join(
+        _element(kind, _element("retired_count", text="0") + _element("retired_pagelist", text=""))
+        for kind in ("multiple_single_bit_retirement", "double_bit_retirement")
+    )
+    slowdown = profile.get("slowdown_temp_c", 87)
+    parts = [
+        _element("product_name", text=gpu["name"]),
+        _element("persistence_mode", text=state["persistence_mode"]),
+        _element("uuid", text=gpu["uuid"]),
+        _element("minor_number", text=str(gpu["index"])),
+        _element("gpu_reset_status", _element("reset_required", text=reset)
+                 + _element("drain_and_reset_recommended", text=state["drain_and_reset_recommended"]))
+        if driver >= 535 else "",
+        _element("gpu_recovery_action", text=state["gpu_recovery_action"]) if driver >= 570 else "",
+        _element("pci", _element("pci_bus_id", text=gpu["bus_id"]) + _link(state, generation, driver)),
+        _element("clocks_event_reasons" if driver >= 535 else "clocks_throttle_reasons", clock_block),
+        _element("fb_memory_usage", _element("total", text=f"{gpu['memory_total_mib']} MiB")
+                 + _element("used", text=f"{gpu['memory_used_mib']} MiB")),
+        _element("ecc_mode", _element("current_ecc", text="Enabled") + _element("pending_ecc", text="Enabled")),
+        _element("ecc_errors", _ecc_counts("volatile", state["volatile_uncorrectable"], driver)
+                 + _ecc_counts("aggregate", state["aggregate_uncorrectable"], driver)),
+        _element("retired_pages", retired + _element("pending_blacklist", text="No")
+                 + _element("pending_retirement", text=state["pending_retirement"])),
+        _element("remapped_rows", _element("remapped_row_corr", text="0")
+                 + _element("remapped_row_unc", text=state["remapped_row_unc"])
+                 + _element("remapped_row_pending", text=state["remapped_row_pending"])
+                 + _element("remapped_row_failure", text=state["remapped_row_failure"])),
+        _element("temperature", _element("gpu_temp", text=state["gpu_temp"])
+                 + _element("gpu_temp_max_threshold", text=f"{slowdown + 5} C")
+                 + _element("gpu_temp_slow_threshold", text=f"{slowdown} C")),
+        _element("fabric", _element("state", text=fabric_state) + _element("status", text=fabric_status))
+        if driver >= 535 else "",
+    ]  # fmt: skip
+    return f'<gpu id="{gpu["bus_id"]}">' + "".join(parts) + "</gpu>"
+
+
+def xml_report(profile: dict, gpus: list[dict], health_file: Path = HEALTH_FILE) -> str:
+    """`nvidia-smi -q -x`: the XML report, with the profile's (and the tests') health states."""
+    overrides = health_overrides(profile, health_file)
+    dtd = "nvsmi_device_v12.dtd" if int(profile["driver_version"].split(".")[0]) >= 535 else "nvsmi_device_v11.dtd"
+    body = "".join(xml_gpu(profile, gpu, gpu_state(overrides, gpu["index"])) for gpu in gpus)
+    return (
+        f'<?xml version="1.0" ?>\n<!DOCTYPE nvidia_smi_log SYSTEM "{dtd}">\n<nvidia_smi_log>'
+        f"<timestamp>{time.strftime('%a %b %d %H:%M:%S %Y')}</timestamp>"
+        f"<driver_version>{profile['driver_version']}</driver_version>"
+        f"<cuda_version>{profile['cuda_version']}</cuda_version>"
+        f"<attached_gpus>{len(gpus)}</attached_gpus>{body}</nvidia_smi_log>\n"
+    )
+
+
 def parse_options(argv: list[str]) -> dict[str, str] | None:
     """`--opt=value`, `--opt value`, `-i N` and flags; None on anything nvidia-smi would reject."""
     options: dict[str, str] = {}
     with_value = {"--query-gpu", "--query-compute-apps", "--format", "-i", "--id"}
-    flags = {"-L", "--list-gpus", "-q", "--query", "--version", "-h", "--help"}
+    flags = {"-L", "--list-gpus", "-q", "--query", "-x", "--xml-format", "--version", "-h", "--help"}
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -251,7 +393,8 @@ def run(argv: list[str], profile_name: str, profiles_path: Path = PROFILES) -> t
     if "-L" in options or "--list-gpus" in options:
         return "".join(f"GPU {g['index']}: {g['name']} (UUID: {g['uuid']})\n" for g in gpus), 0
     if "-q" in options or "--query" in options:
-        return query_report(profile, gpus), 0
+        xml = "-x" in options or "--xml-format" in options
+        return (xml_report(profile, gpus) if xml else query_report(profile, gpus)), 0
     if "--version" in options:
         driver = profile["driver_version"]
         return (

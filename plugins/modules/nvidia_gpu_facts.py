@@ -20,6 +20,19 @@ options:
     description: Path to nvcc; empty to search PATH and /usr/local/cuda/bin.
     type: str
     default: ""
+  health:
+    description:
+      - Also read each GPU's health (C(nvidia-smi -q -x)), the Xid events of the kernel log since boot and,
+        on an NVSwitch host, the fabric manager (module_utils/llm_gpu_health.py) into C(health).
+    type: bool
+    default: false
+  kernel_log_command:
+    description:
+      - The command that prints the kernel log since boot, for the Xid events; empty for none (the check is
+        then "not measured").
+    type: list
+    elements: str
+    default: [journalctl, -k, -b, -o, short-iso, --no-pager]
   timeout:
     description:
       - Seconds each nvidia-smi (and nvcc) call may take; one that does not finish is killed and
@@ -38,7 +51,8 @@ EXAMPLES = r"""
 RETURN = r"""
 ansible_facts:
   description: C(nvidia_gpu) with state, error, driver_version, cuda_version, nvcc_version, gpus,
-    compute_apps, kernel_modules, kernel_driver_version, secure_boot, pci_devices, fallbacks.
+    compute_apps, kernel_modules, kernel_driver_version, secure_boot, pci_devices, fallbacks; and health
+    (gpus, driver_version, xid_events, fabric_manager, not_measured) when asked for and the GPUs answer.
   returned: always
   type: dict
 """
@@ -47,6 +61,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llm_gpu import NVIDIA_SMI_TIMEOUT_S, HostFiles, collect, run_bounded
+from ansible.module_utils.llm_gpu_health import collect_health, nvswitch_devices
 
 
 def main():
@@ -54,6 +69,12 @@ def main():
         argument_spec={
             "nvidia_smi_path": {"type": "str", "default": ""},
             "nvcc_path": {"type": "str", "default": ""},
+            "health": {"type": "bool", "default": False},
+            "kernel_log_command": {
+                "type": "list",
+                "elements": "str",
+                "default": ["journalctl", "-k", "-b", "-o", "short-iso", "--no-pager"],
+            },
             "timeout": {"type": "int", "default": NVIDIA_SMI_TIMEOUT_S},
         },
         supports_check_mode=True,
@@ -72,6 +93,9 @@ def main():
         return run_bounded(argv, module.params["timeout"], environment)
 
     facts = collect(run, HostFiles(), nvidia_smi, nvcc)
+    if module.params["health"] and facts["state"] == "ok":
+        nvswitch = bool(nvswitch_devices(HostFiles()))
+        facts["health"] = collect_health(run, nvidia_smi, module.params["kernel_log_command"], nvswitch)
     module.exit_json(changed=False, ansible_facts={"nvidia_gpu": facts})
 
 

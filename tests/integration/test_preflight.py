@@ -35,6 +35,10 @@ VERDICTS = {
     "1x-A100-80GB": ("pass", "fail"),
     "4x-A100-40GB": ("pass", "pass"),
     "8x-H100-80GB": ("pass", "fail"),
+    # GPU health (docs/gpu-health.md): fail states fail both phases; a degradation only warns.
+    "4x-A100-40GB-remap-pending": ("fail", "fail"),
+    "8x-H100-80GB-fabric-in-progress": ("fail", "fail"),
+    "1x-L4-24GB-thermal-slowdown": ("fail", "fail"),
 }
 REMEDIATIONS = {
     "none": "set llm_accelerator: cpu in the inventory",
@@ -45,6 +49,10 @@ REMEDIATIONS = {
     "2x-A10G-24GB": "upgrade the NVIDIA driver to 550 or newer",
     "1x-A100-80GB": "or use the cu128 build, which this driver runs",
     "8x-H100-80GB": "upgrade the NVIDIA driver to 580.65.06 or newer, or use the cu129 build",
+    "4x-A100-40GB-remap-pending": "a row remap waits for a GPU reset; required: no pending page retirement or row"
+    " remap; fix: reset the GPU (nvidia-smi -r -i 1) or reboot, which applies it",
+    "8x-H100-80GB-fabric-in-progress": "fabric state In Progress, status N/A; required: fabric state Completed",
+    "1x-L4-24GB-thermal-slowdown": "clock slowdown: GPU 0 (00000000:10:00.0): slowed down now (hw_thermal_slowdown)",
 }
 # Both phases gated whatever is enabled (by default preflight gates the backends enabled on each host).
 BOTH_PHASES = ["-e", '{"llm_preflight_phases": ["phase1", "phase2"]}']

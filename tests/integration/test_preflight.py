@@ -159,6 +159,38 @@ def test_a_failed_preflight_stops_every_host_before_anything_changes(fresh_hosts
     assert reports(tmp_path)[f"{FRESH_LAB}1"]["passed"] is True
 
 
+def test_an_xid_since_boot_fails_the_gpu_host_until_it_is_acknowledged(session_lab, tmp_path):
+    """Issue 16: an Xid of the fail set in the host's kernel log (the lab's file, llm_gpu_kernel_log_command)
+    fails both phases with its meaning and the key that acknowledges it; acknowledged, it fails no more."""
+    host = session_lab.host("itest1")
+    line = (
+        "2026-12-07T09:14:55+0000 itest1 kernel: NVRM: Xid (PCI:0000:10:00): 79, pid=2417, GPU has fallen off the bus."
+    )
+    key = "Xid 79 PCI:0000:10:00 2026-12-07T09:14:55+0000 itest1"
+
+    def preflight(directory, *args):
+        return session_lab.playbook(
+            *BOTH_PHASES, "-e", f"llm_preflight_report_dir={directory}", "--limit", "itest1", *args,
+            playbook="playbooks/preflight.yml",
+        )  # fmt: skip
+
+    assert host.run(f"echo '{line}' > /var/log/lab-kernel.log").rc == 0
+    try:
+        failed = preflight(tmp_path / "failed")
+        assert failed.returncode != 0
+        report = reports(tmp_path / "failed")["itest1"]
+        assert report["verdict"] == {"phase1": "fail", "phase2": "fail"}
+        assert any(
+            failure.startswith(f"itest1: Xid 79: {key}: the GPU has fallen off the bus (pid=2417")
+            and f"acknowledge the event with llm_gpu_health_ack: ['{key}']" in failure
+            for failure in report["failures"]
+        ), report["failures"]
+        preflight(tmp_path / "acknowledged", "-e", json.dumps({"llm_gpu_health_ack": [key]}))
+        assert not any("Xid" in failure for failure in reports(tmp_path / "acknowledged")["itest1"]["failures"])
+    finally:
+        host.run("rm -f /var/log/lab-kernel.log")
+
+
 def test_the_cpu_host_passes_with_the_gpu_gates_skipped_and_says_so(session_lab, tmp_path):
     # Only the CPU host: the session's H100 host (driver R575) fails phase 2 of the default vLLM (cu130).
     run = session_lab.playbook(

@@ -33,6 +33,8 @@ SLOWDOWNS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "s
 # A kernel log line of an Xid event: "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."
 XID_LINE = re.compile(r"NVRM: Xid \((?P<device>[^)]*)\): (?P<code>\d+)(?:, ?(?P<detail>.*))?$")
 FABRIC_MANAGER_VERSION = re.compile(r"Fabric Manager version is\s*:\s*(\S+)")
+# The kernel log since boot, with each line's time (the default of llm_gpu_kernel_log_command).
+KERNEL_LOG_COMMAND = ["journalctl", "-k", "-b", "-o", "short-iso", "--no-pager"]
 
 
 def _value(element: ElementTree.Element | None, path: str) -> str | None:
@@ -211,7 +213,7 @@ def nvswitch_devices(files: HostFiles) -> list[str]:
 def main(argv: list[str]) -> int:
     """Print this host's health facts as JSON: llm_gpu_health.py [NVIDIA_SMI [KERNEL_LOG_COMMAND...]]."""
     nvidia_smi = argv[0] if argv else "nvidia-smi"
-    kernel_log = argv[1:] or ["journalctl", "-k", "-b", "-o", "short-iso", "--no-pager"]
+    kernel_log = argv[1:] or KERNEL_LOG_COMMAND
     facts = collect_health(
         lambda command: run_bounded(command, 60), nvidia_smi, kernel_log, bool(nvswitch_devices(HostFiles()))
     )

@@ -61,7 +61,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.llm_gpu import NVIDIA_SMI_TIMEOUT_S, HostFiles, collect, run_bounded
-from ansible.module_utils.llm_gpu_health import collect_health, nvswitch_devices
+from ansible.module_utils.llm_gpu_health import KERNEL_LOG_COMMAND, collect_health, nvswitch_devices
 
 
 def main():
@@ -70,11 +70,7 @@ def main():
             "nvidia_smi_path": {"type": "str", "default": ""},
             "nvcc_path": {"type": "str", "default": ""},
             "health": {"type": "bool", "default": False},
-            "kernel_log_command": {
-                "type": "list",
-                "elements": "str",
-                "default": ["journalctl", "-k", "-b", "-o", "short-iso", "--no-pager"],
-            },
+            "kernel_log_command": {"type": "list", "elements": "str", "default": KERNEL_LOG_COMMAND},
             "timeout": {"type": "int", "default": NVIDIA_SMI_TIMEOUT_S},
         },
         supports_check_mode=True,

@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PLAYBOOK = """- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Wait as the role does after a (re)start
-      ansible.builtin.include_tasks: {ready}
-"""
+from tests.unit.role_tasks import REPO, command_stand_ins, run_tasks
+
 GAVE_UP = {
     "systemctl": "printf 'ActiveState=failed\\nSubState=failed\\nResult=start-limit-hit\\nNRestarts=4\\n'",
     "journalctl": "echo 'Error: release 0.32.17 cannot start its server'",
@@ -54,28 +47,8 @@ def ollama_api():
 
 
 def wait_for(port: int, version: str, tmp_path: Path, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
-    playbook = tmp_path / "ready.yml"
-    playbook.write_text(PLAYBOOK.format(ready=REPO / "roles" / "ollama" / "tasks" / "ready.yml"))
-    extra = {
-        "ansible_python_interpreter": sys.executable,
-        "__ollama_api": f"http://127.0.0.1:{port}",
-        "ollama_version": version,
-        "ollama_ready_timeout": 4,
-    }
-    command = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", "-c", "local"]
-    return subprocess.run(
-        [*command, str(playbook), "-e", json.dumps(extra)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(
-            os.environ,
-            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-            ANSIBLE_NOCOLOR="1",
-            PATH=os.pathsep.join(filter(None, [str(path_prefix or ""), os.environ["PATH"]])),
-        ),
-        check=False,
-    )
+    extra = {"__ollama_api": f"http://127.0.0.1:{port}", "ollama_version": version, "ollama_ready_timeout": 4}
+    return run_tasks(REPO / "roles" / "ollama" / "tasks" / "ready.yml", extra, tmp_path, path_prefix)
 
 
 def said(run: subprocess.CompletedProcess) -> str:
@@ -97,11 +70,7 @@ def test_an_api_of_another_version_fails_the_wait_naming_both(ollama_api, tmp_pa
 
 
 def test_a_unit_that_systemd_gave_up_on_ends_the_wait_at_once_with_its_journal(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in GAVE_UP.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    bin_dir = command_stand_ins(tmp_path / "bin", GAVE_UP)
     with socket.socket() as bound:  # bound and never listening: connection refused, as a dead server
         bound.bind(("127.0.0.1", 0))
         run = wait_for(bound.getsockname()[1], "0.32.17", tmp_path, path_prefix=bin_dir)

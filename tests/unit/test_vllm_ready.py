@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,13 +15,7 @@ from pathlib import Path
 import pytest
 from llm_toolkit.host import llm_probe
 
-REPO = Path(__file__).resolve().parents[2]
-PLAYBOOK = """- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Wait as the role does after a (re)start
-      ansible.builtin.include_tasks: {ready}
-"""
+from tests.unit.role_tasks import REPO, command_stand_ins, run_tasks
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -68,10 +60,7 @@ def slow_server():
 
 
 def wait_for(port: int, retries: int, tmp_path: Path, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
-    playbook = tmp_path / "ready.yml"
-    playbook.write_text(PLAYBOOK.format(ready=REPO / "roles" / "vllm" / "tasks" / "ready.yml"))
     extra = {
-        "ansible_python_interpreter": sys.executable,
         "__vllm_api_base": f"http://127.0.0.1:{port}",
         "__vllm_ready_key": "",
         "vllm_served_model_name": "mixtral",
@@ -80,28 +69,7 @@ def wait_for(port: int, retries: int, tmp_path: Path, path_prefix: Path | None =
         "__vllm_ready_retries": retries,
         "__vllm_ready_delay": 1,
     }
-    return subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            str(playbook),
-            "-e",
-            json.dumps(extra),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(
-            os.environ,
-            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-            ANSIBLE_NOCOLOR="1",
-            PATH=os.pathsep.join(filter(None, [str(path_prefix or ""), os.environ["PATH"]])),
-        ),
-        check=False,
-    )
+    return run_tasks(REPO / "roles" / "vllm" / "tasks" / "ready.yml", extra, tmp_path, path_prefix)
 
 
 def test_connection_refused_after_a_start_is_loading_and_waited_for_until_the_server_listens(slow_server, tmp_path):
@@ -124,11 +92,7 @@ GAVE_UP = {
 
 
 def test_a_unit_that_systemd_gave_up_on_ends_the_wait_at_once_with_its_journal(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in GAVE_UP.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    bin_dir = command_stand_ins(tmp_path / "bin", GAVE_UP)
     with socket.socket() as bound:  # bound and never listening: connection refused, as a dead server
         bound.bind(("127.0.0.1", 0))
         run = wait_for(bound.getsockname()[1], 60, tmp_path, path_prefix=bin_dir)
